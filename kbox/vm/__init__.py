@@ -1,0 +1,1 @@
+"""The QEMU platform: guest images, the VM object, its console and SSH."""
