@@ -1,0 +1,269 @@
+"""Kernel facts the image builder needs: bzImage payload extraction and module dependencies.
+
+Everything here is pure (bytes in, bytes/data out) except `zstd_decompress`, which runs the
+`zstd` CLI, so it can be unit-tested on synthetic inputs without a network or a kernel.
+"""
+from __future__ import annotations
+
+import io
+import lzma
+import re
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from kbox.errors import UserError
+
+# Boot protocol offsets (Documentation/arch/x86/boot.rst).
+_SETUP_SECTS = 0x1F1
+_HDRS_MAGIC_OFF = 0x202
+_VERSION_OFF = 0x206
+_PAYLOAD_OFF = 0x248  # payload_offset (u32), payload_length (u32); protocol >= 2.08
+
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+
+# XEN_ELFNOTE_PHYS32_ENTRY: the note QEMU looks for to boot an ELF vmlinux via PVH.
+_PVH_NOTE_NAME = "Xen"
+_PVH_NOTE_TYPE = 18
+
+
+class KernelFormatError(Exception):
+    """The kernel image is not what the boot protocol says it should be."""
+
+
+@dataclass(frozen=True)
+class BzImageHeader:
+    setup_sects: int
+    protocol: int        # e.g. 0x020f
+    payload_offset: int  # relative to the start of the protected-mode code
+    payload_length: int
+
+    @property
+    def protected_mode_start(self) -> int:
+        # The real-mode part is the boot sector plus setup_sects sectors (0 means 4, historically).
+        return ((self.setup_sects or 4) + 1) * 512
+
+    @property
+    def payload_start(self) -> int:
+        return self.protected_mode_start + self.payload_offset
+
+
+def parse_bzimage_header(data: bytes) -> BzImageHeader:
+    if len(data) < _PAYLOAD_OFF + 8:
+        raise KernelFormatError("file too short for an x86 boot header")
+    if data[_HDRS_MAGIC_OFF:_HDRS_MAGIC_OFF + 4] != b"HdrS":
+        raise KernelFormatError("no 'HdrS' magic: not a bzImage")
+    (protocol,) = struct.unpack_from("<H", data, _VERSION_OFF)
+    if protocol < 0x208:
+        raise KernelFormatError(f"boot protocol {protocol:#x} predates payload_offset (2.08)")
+    setup_sects = data[_SETUP_SECTS]
+    payload_offset, payload_length = struct.unpack_from("<II", data, _PAYLOAD_OFF)
+    hdr = BzImageHeader(setup_sects, protocol, payload_offset, payload_length)
+    if hdr.payload_start + payload_length > len(data) or payload_length < 8:
+        raise KernelFormatError("payload lies outside the file")
+    return hdr
+
+
+def bzimage_payload(data: bytes) -> bytes:
+    """The compressed kernel inside a bzImage, including its appended 4-byte size."""
+    hdr = parse_bzimage_header(data)
+    return data[hdr.payload_start:hdr.payload_start + hdr.payload_length]
+
+
+def zstd_decompress(data: bytes, *, timeout: float = 120.0) -> bytes:
+    if shutil.which("zstd") is None:
+        raise UserError("zstd missing (needed to unpack the 6.12 kernel): apt-get install zstd")
+    # The kernel's ZSTD stream has no content size in some builds; -c streams it anyway.
+    proc = subprocess.run(["zstd", "-d", "-q", "-c"], input=data, capture_output=True,
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise KernelFormatError(f"zstd -d failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def decompress_payload(payload: bytes) -> bytes:
+    """Decompress a kernel payload (XZ or ZSTD or gzip) and check the appended size.
+
+    Kbuild's `size_append` puts the uncompressed size (little-endian u32) after the
+    compressed stream; the decompressors reject it as trailing garbage, so it is stripped.
+    """
+    if len(payload) < 8:
+        raise KernelFormatError("payload too short")
+    stream, (expected,) = payload[:-4], struct.unpack("<I", payload[-4:])
+    if stream.startswith(XZ_MAGIC):
+        try:
+            out = lzma.decompress(stream, format=lzma.FORMAT_XZ)
+        except lzma.LZMAError as exc:
+            raise KernelFormatError(f"bad XZ payload: {exc}") from exc
+    elif stream.startswith(ZSTD_MAGIC):
+        out = zstd_decompress(stream)
+    elif stream.startswith(GZIP_MAGIC):
+        import gzip
+        out = gzip.decompress(stream)
+    else:
+        raise KernelFormatError(f"unknown payload compression (magic {stream[:6].hex()})")
+    if len(out) & 0xFFFFFFFF != expected:
+        raise KernelFormatError(
+            f"decompressed {len(out)} bytes but the appended size says {expected}")
+    return out
+
+
+def has_pvh_note(elf_bytes: bytes) -> bool:
+    """True if `elf_bytes` is an ELF with XEN_ELFNOTE_PHYS32_ENTRY (bootable by QEMU via PVH)."""
+    if not elf_bytes.startswith(b"\x7fELF"):
+        return False
+    try:
+        elf = ELFFile(io.BytesIO(elf_bytes))
+        for seg in elf.iter_segments():
+            if seg["p_type"] != "PT_NOTE":
+                continue
+            for note in seg.iter_notes():
+                if note["n_name"] == _PVH_NOTE_NAME and note["n_type"] in (_PVH_NOTE_TYPE,
+                                                                         "XEN_ELFNOTE_PHYS32_ENTRY"):
+                    return True
+    except Exception:  # a malformed ELF is simply "not PVH-bootable"; the caller falls back
+        return False
+    return False
+
+
+def extract_pvh_vmlinux(bzimage: bytes) -> bytes | None:
+    """The ELF vmlinux inside a bzImage if it is PVH-bootable, else None (boot the bzImage)."""
+    try:
+        vmlinux = decompress_payload(bzimage_payload(bzimage))
+    except KernelFormatError:
+        return None
+    return vmlinux if has_pvh_note(vmlinux) else None
+
+
+# ---- modules -----------------------------------------------------------------------------
+
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+def module_name(path_or_name: str) -> str:
+    """Canonical module name: basename without .ko*, dashes as underscores (as modinfo does)."""
+    name = Path(path_or_name).name
+    for suffix in MODULE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("-", "_")
+
+
+def decompress_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".zst"):
+        return zstd_decompress(data)
+    if path.name.endswith(".gz"):
+        import gzip
+        return gzip.decompress(data)
+    return data
+
+
+def parse_modinfo(raw: bytes) -> dict[str, list[str]]:
+    """Parse a .modinfo section: NUL-separated `key=value` strings (keys may repeat)."""
+    info: dict[str, list[str]] = {}
+    for entry in raw.split(b"\0"):
+        if b"=" not in entry:
+            continue
+        key, _, value = entry.partition(b"=")
+        info.setdefault(key.decode(errors="replace"), []).append(value.decode(errors="replace"))
+    return info
+
+
+def module_depends(modinfo: dict[str, list[str]]) -> list[str]:
+    deps: list[str] = []
+    for value in modinfo.get("depends", []):
+        deps.extend(module_name(d) for d in value.split(",") if d.strip())
+    return deps
+
+
+def read_modinfo(ko_bytes: bytes) -> dict[str, list[str]]:
+    elf = ELFFile(io.BytesIO(ko_bytes))
+    sec = elf.get_section_by_name(".modinfo")
+    if sec is None:
+        raise KernelFormatError("module has no .modinfo section")
+    return parse_modinfo(sec.data())
+
+
+def load_order(wanted: list[str], depends: dict[str, list[str]]) -> list[str]:
+    """Every module in `wanted` plus its transitive dependencies, dependencies first.
+
+    `depends` maps a module to its direct dependencies. Deterministic: dependencies are
+    visited in the order modinfo lists them. A module missing from `depends` or a cycle is
+    an error, since insmod would fail at boot with a far less useful message.
+    """
+    order: list[str] = []
+    state: dict[str, str] = {}  # "visiting" | "done"
+
+    def visit(mod: str, chain: tuple[str, ...]) -> None:
+        if state.get(mod) == "done":
+            return
+        if state.get(mod) == "visiting":
+            raise KernelFormatError("module dependency cycle: " + " -> ".join(chain + (mod,)))
+        if mod not in depends:
+            via = f" (needed by {chain[-1]})" if chain else ""
+            raise KernelFormatError(f"module {mod} not found{via}")
+        state[mod] = "visiting"
+        for dep in depends[mod]:
+            visit(dep, chain + (mod,))
+        state[mod] = "done"
+        order.append(mod)
+
+    for mod in wanted:
+        visit(module_name(mod), ())
+    return order
+
+
+def builtin_modules(modules_dir: Path) -> set[str]:
+    """Names of modules compiled into the kernel (from modules.builtin)."""
+    path = modules_dir / "modules.builtin"
+    if not path.exists():
+        return set()
+    return {module_name(line.strip()) for line in path.read_text().splitlines() if line.strip()}
+
+
+def index_modules(modules_dir: Path) -> dict[str, Path]:
+    """Map module name -> file for every loadable module under lib/modules/<version>/."""
+    return {module_name(p.name): p for p in modules_dir.rglob("*.ko*")
+            if re.search(r"\.ko(\.(xz|zst|gz))?$", p.name)}
+
+
+@dataclass(frozen=True)
+class ResolvedModules:
+    order: list[str]              # load order (dependencies first), loadable modules only
+    files: dict[str, bytes]       # name -> uncompressed .ko contents
+    builtin: list[str]            # wanted modules that are built in (nothing to load)
+
+
+def resolve_modules(modules_dir: Path, wanted: list[str]) -> ResolvedModules:
+    """Collect `wanted` modules and their dependencies from an extracted kernel package."""
+    builtin = builtin_modules(modules_dir)
+    index = index_modules(modules_dir)
+    depends: dict[str, list[str]] = {}
+    files: dict[str, bytes] = {}
+    todo = [module_name(w) for w in wanted if module_name(w) not in builtin]
+    missing = [w for w in todo if w not in index]
+    if missing:
+        raise KernelFormatError(f"modules neither loadable nor built in: {', '.join(missing)}")
+    while todo:
+        mod = todo.pop()
+        if mod in depends:
+            continue
+        ko = decompress_module(index[mod])
+        files[mod] = ko
+        deps = [d for d in module_depends(read_modinfo(ko)) if d not in builtin]
+        depends[mod] = deps
+        todo.extend(d for d in deps if d in index and d not in depends)
+    loadable = [module_name(w) for w in wanted if module_name(w) not in builtin]
+    order = load_order(loadable, depends)
+    return ResolvedModules(order, {m: files[m] for m in order},
+                           sorted(module_name(w) for w in wanted if module_name(w) in builtin))
