@@ -25,6 +25,7 @@ from filelock import FileLock
 
 from kbox.errors import UserError
 from kbox.vm.arch import Arch
+from kbox.vm.cache import cache_root
 
 ACCELS = ("auto", "kvm", "tcg")
 PROBE_BUDGET_S = 3.0
@@ -51,9 +52,8 @@ class Accel:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("KBOX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kbox")
-    return Path(base)
+    """The same root the image cache uses ($KBOX_CACHE, else ~/.cache/kbox)."""
+    return cache_root()
 
 
 def _boot_id() -> str:

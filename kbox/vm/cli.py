@@ -1,0 +1,385 @@
+"""`kbox vm run|shell|gdb|images` and `kbox doctor`.
+
+The main CLI (kbox/cli.py) calls `add_vm_commands(subparsers)`; every handler takes the
+parsed args and returns the process exit status. Errors for the user are raised as
+UserError (one line); VM failures are turned into UserError with the console log path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kbox.errors import UserError
+from kbox.vm.accel import ACCELS, host_can_kvm, resolve_accel
+from kbox.vm.arch import ARCHES, KERNELS, Arch
+from kbox.vm.machine import VM, VMError, stream_sinks
+
+DEFAULT_KERNEL = KERNELS[-1]
+GDB_GUEST_PORT = 1234
+
+# A self-contained probe of the kernel features the tiers depend on. It runs on the host
+# (`kbox doctor`) and inside every guest (vmtests ship it over SSH), so both report the
+# same facts the same way. Each probe runs in a forked child: a filter or a dispatch
+# setting must not stay on in the prober. Prints one JSON object; values are 0 (works)
+# or the errno the kernel answered.
+FEATURE_PROBE = r'''
+import ctypes, errno, json, os, platform, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+SECCOMP_NR = {"x86_64": 317, "aarch64": 277}[platform.machine()]
+PR_SET_NO_NEW_PRIVS, PR_SET_SYSCALL_USER_DISPATCH = 38, 59
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 1 << 3
+SECCOMP_IOCTL_NOTIF_SET_FLAGS = 0x40082104   # _IOW('!', 4, __u64)
+SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
+
+def in_child(fn):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            res = fn()
+        except BaseException:
+            res = -1
+        os.write(w, str(res).encode()); os._exit(0)
+    os.close(w)
+    out = os.read(r, 64).decode(); os.close(r); os.waitpid(pid, 0)
+    return int(out) if out else -1
+
+def sud():
+    sel = ctypes.c_char(b"\0")   # SYSCALL_DISPATCH_FILTER_ALLOW: nothing is diverted
+    if libc.prctl(PR_SET_SYSCALL_USER_DISPATCH, 1, 0, 0, ctypes.addressof(sel)) != 0:
+        return ctypes.get_errno()
+    libc.prctl(PR_SET_SYSCALL_USER_DISPATCH, 0, 0, 0, 0)
+    return 0
+
+def listener():
+    ins = struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000)          # ret SECCOMP_RET_ALLOW
+    buf = ctypes.create_string_buffer(ins)
+    prog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf))   # struct sock_fprog
+    pbuf = ctypes.create_string_buffer(prog)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return -ctypes.get_errno()
+    fd = libc.syscall(SECCOMP_NR, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                      pbuf)
+    return fd if fd >= 0 else -ctypes.get_errno()
+
+def user_notif():
+    fd = listener()
+    return 0 if fd >= 0 else -fd
+
+def sync_wakeup():
+    fd = listener()
+    if fd < 0:
+        return -fd
+    libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+    if libc.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) != 0:
+        return ctypes.get_errno()
+    return 0
+
+def min_addr():
+    try:
+        return int(open("/proc/sys/vm/mmap_min_addr").read())
+    except OSError:
+        return -1
+
+print(json.dumps({"machine": platform.machine(), "release": platform.release(),
+                  "sud": in_child(sud), "user_notif": in_child(user_notif),
+                  "sync_wakeup": in_child(sync_wakeup), "mmap_min_addr": min_addr()}))
+'''
+
+
+def errno_name(code: int) -> str:
+    import errno as errno_mod
+    return "ok" if code == 0 else errno_mod.errorcode.get(code, f"errno {code}")
+
+
+# -- shared option handling --------------------------------------------------------------
+def _add_vm_options(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
+    p.add_argument("--arch", choices=sorted(ARCHES), required=arch_required,
+                   help="guest architecture")
+    p.add_argument("--kernel", choices=KERNELS, default=DEFAULT_KERNEL,
+                   help=f"guest kernel series (default {DEFAULT_KERNEL})")
+    p.add_argument("--accel", choices=ACCELS, default="auto",
+                   help="accelerator: kvm only if a probe guest runs (default auto)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the guest image first")
+
+
+def _image(args: argparse.Namespace) -> Any:
+    try:
+        from kbox.vm.images import ensure_image
+    except ImportError as exc:
+        raise UserError(f"the guest image builder is unavailable: {exc}", 3) from exc
+    return ensure_image(args.arch, args.kernel, rebuild=getattr(args, "rebuild", False),
+                        progress=True)
+
+
+def _vm_error(exc: VMError) -> UserError:
+    # VM errors carry multi-line context (console tail); print it, keep the last line short.
+    print(str(exc), file=sys.stderr)
+    log = getattr(exc, "log_path", None)
+    return UserError(f"VM failed: {str(exc).splitlines()[0]}"
+                     + (f" (console log: {log})" if log else ""), 4)
+
+
+def _strip_dashdash(cmd: list[str]) -> list[str]:
+    return cmd[1:] if cmd and cmd[0] == "--" else cmd
+
+
+# -- kbox vm run -------------------------------------------------------------------------
+def cmd_vm_run(args: argparse.Namespace) -> int:
+    command = _strip_dashdash(args.command)
+    if not command:
+        raise UserError("kbox vm run: give a command after --, e.g. "
+                        "`kbox vm run --arch aarch64 -- uname -a`", 2)
+    image = _image(args)
+    t0 = time.monotonic()
+    try:
+        with VM(image, accel=args.accel) as vm:
+            if args.verbose:
+                print(f"kbox: {vm.name} ready in {vm.boot_seconds:.2f} s "
+                      f"(ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
+            res = vm.run(shlex.join(command), timeout=args.timeout, **stream_sinks())
+    except VMError as exc:
+        raise _vm_error(exc) from exc
+    if args.verbose:
+        print(f"kbox: exit status {res.exit_status}, {time.monotonic() - t0:.2f} s end to end",
+              file=sys.stderr)
+    return res.exit_status
+
+
+# -- kbox vm shell -----------------------------------------------------------------------
+def cmd_vm_shell(args: argparse.Namespace) -> int:
+    from kbox.vm.ssh import interactive_shell
+    image = _image(args)
+    try:
+        with VM(image, accel=args.accel) as vm:
+            print(f"kbox: {vm.name} ready in {vm.boot_seconds:.2f} s; console log "
+                  f"{vm.log_path}; exit the shell to stop the VM", file=sys.stderr)
+            return interactive_shell(vm.ssh_client())
+    except VMError as exc:
+        raise _vm_error(exc) from exc
+
+
+# -- kbox vm gdb -------------------------------------------------------------------------
+def gdb_commands(sysroot: Path, program: str, host_port: int) -> list[str]:
+    """The gdb-multiarch command line that attaches to the guest's gdbserver."""
+    gdb = shutil.which("gdb-multiarch") or shutil.which("gdb")
+    if gdb is None:
+        raise UserError("gdb-multiarch not found: install it with `apt-get install "
+                        "gdb-multiarch`", 3)
+    symbols = sysroot / program.lstrip("/")
+    cmd = [gdb, "-q", "-ex", f"set sysroot {sysroot}"]
+    if symbols.exists():
+        cmd += ["-ex", f"file {symbols}"]
+    cmd += ["-ex", f"target remote 127.0.0.1:{host_port}"]
+    return cmd
+
+
+def cmd_vm_gdb(args: argparse.Namespace) -> int:
+    command = _strip_dashdash(args.command)
+    if not command:
+        raise UserError("kbox vm gdb: give a program after --", 2)
+    image = _image(args)
+    try:
+        with VM(image, accel=args.accel, forward=[GDB_GUEST_PORT]) as vm:
+            prog = command[0]
+            if not prog.startswith("/"):
+                found = vm.run(f"command -v {shlex.quote(prog)}", timeout=10).stdout.strip()
+                if not found:
+                    raise UserError(f"{prog}: not found in the guest", 2)
+                prog = found
+            host_port = vm.forwards[GDB_GUEST_PORT]
+            transport = vm.ssh_client().get_transport()
+            assert transport is not None
+            chan = transport.open_session(timeout=10)
+            chan.set_combine_stderr(True)
+            chan.exec_command(shlex.join(["gdbserver", "--once", f":{GDB_GUEST_PORT}", prog,
+                                          *command[1:]]))
+            # Wait for gdbserver to listen before gdb connects; show what it prints.
+            buf = b""
+            deadline = time.monotonic() + 20 * vm.timeout_factor
+            while b"Listening on port" not in buf:
+                if chan.exit_status_ready() and not chan.recv_ready():
+                    raise UserError(f"gdbserver failed in the guest: {buf.decode(errors='replace')}"
+                                    .strip(), 4)
+                if time.monotonic() > deadline:
+                    raise UserError("gdbserver did not start listening in time", 4)
+                if chan.recv_ready():
+                    buf += chan.recv(4096)
+                else:
+                    time.sleep(0.05)
+            sys.stderr.write(buf.decode(errors="replace"))
+
+            def pump() -> None:   # the program's own output, while gdb owns the terminal
+                while True:
+                    data = chan.recv(4096)
+                    if not data:
+                        return
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+            threading.Thread(target=pump, daemon=True).start()
+            gdb = gdb_commands(Path(image.sysroot), prog, host_port) + list(args.gdb_args or [])
+            print(f"kbox: {shlex.join(gdb)}", file=sys.stderr)
+            rc = subprocess.call(gdb)
+            chan.close()
+            return rc
+    except VMError as exc:
+        raise _vm_error(exc) from exc
+
+
+# -- kbox vm images ----------------------------------------------------------------------
+def cmd_vm_images(args: argparse.Namespace) -> int:
+    try:
+        from kbox.vm import images
+    except ImportError as exc:
+        raise UserError(f"the guest image builder is unavailable: {exc}", 3) from exc
+    arches = [args.arch] if args.arch else sorted(ARCHES)
+    kernels = [args.kernel] if args.kernel else list(KERNELS)
+    if args.clean:
+        images.clean_images()
+        print("kbox: image cache cleaned")
+        return 0
+    if args.build:
+        for a in arches:
+            for k in kernels:
+                img = images.ensure_image(a, k, rebuild=args.rebuild, progress=True)
+                print(f"{a} {k}: {img.kernel_version} {img.cache_dir}")
+        return 0
+    listed = images.list_images()
+    if not listed:
+        print("kbox: no cached images (build them with `kbox vm images --build`)")
+    for img in listed:
+        print(f"{img.arch:8} {img.kernel:5} {img.kernel_version:24} {img.cache_dir}")
+    return 0
+
+
+# -- kbox doctor -------------------------------------------------------------------------
+def _check(ok: bool | None, what: str, detail: str, fix: str = "") -> bool:
+    mark = {True: "ok  ", False: "MISS", None: "info"}[ok]
+    print(f"[{mark}] {what}: {detail}" + (f"\n       fix: {fix}" if fix and ok is False else ""))
+    return ok is not False
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    good = True
+    host = platform.machine()
+    print(f"host: {host}, Linux {platform.release()}, {os.cpu_count()} CPUs")
+    for arch in ARCHES.values():
+        good &= _doctor_arch(arch, host)
+    try:
+        out = subprocess.run([sys.executable, "-c", FEATURE_PROBE], capture_output=True,
+                             text=True, timeout=20)
+        feats = json.loads(out.stdout)
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        good &= _check(False, "kernel feature probe", f"failed: {exc}")
+        return 0 if good else 1
+    good &= _check(feats["user_notif"] == 0, "seccomp user-notify",
+                   errno_name(feats["user_notif"]),
+                   "needs Linux >= 5.0 with CONFIG_SECCOMP_FILTER; the seccomp tier needs it")
+    _check(feats["sync_wakeup"] == 0 or None, "seccomp user-notify sync wake-up",
+           errno_name(feats["sync_wakeup"])
+           + ("" if feats["sync_wakeup"] == 0 else
+              " (Linux >= 6.6 makes the seccomp tier ~8x faster; it still works without)"))
+    _check(feats["sud"] == 0 or None, "Syscall User Dispatch", errno_name(feats["sud"])
+           + ("" if feats["sud"] == 0 else
+              " (needs CONFIG_GENERIC_ENTRY; the trap tier uses seccomp RET_TRAP instead)"))
+    mma = feats["mmap_min_addr"]
+    _check(mma == 0 or os.geteuid() == 0 or None, "vm.mmap_min_addr", str(mma)
+           + ("" if mma == 0 or os.geteuid() == 0 else
+              " (the page-0 rewrite trampoline needs 0 or CAP_SYS_RAWIO; "
+              "`sysctl -w vm.mmap_min_addr=0`, else rewrite falls back)"))
+    print("doctor: " + ("everything needed is present" if good else "gaps found (see fix:)"))
+    return 0 if good else 1
+
+
+def _doctor_arch(arch: Arch, host: str) -> bool:
+    good = True
+    qemu = shutil.which(arch.qemu)
+    if qemu:
+        ver = subprocess.run([qemu, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout.splitlines()[0]
+        _check(True, f"{arch.name} qemu", f"{qemu} ({ver})")
+    else:
+        good &= _check(False, f"{arch.name} qemu", f"{arch.qemu} not found",
+                       f"apt-get install {arch.qemu_package}")
+    if arch.name != host:
+        cc = arch.cross_prefix + "gcc"
+        good &= _check(shutil.which(cc) is not None, f"{arch.name} cross compiler", cc,
+                       f"apt-get install gcc-{arch.cross_prefix.rstrip('-')} "
+                       f"libc6-dev-{arch.debian}-cross")
+    if qemu:
+        reason = host_can_kvm(arch)
+        acc = resolve_accel("auto", arch)
+        _check(None if reason else (acc.name == "kvm" or None), f"{arch.name} accelerator",
+               f"{acc.name.upper()} ({acc.reason})"
+               + ("" if acc.name == "kvm" or reason else
+                  "; guests run under TCG, ~3x slower timeouts"))
+    return good
+
+
+# -- registration ------------------------------------------------------------------------
+def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    vm = subparsers.add_parser("vm", help="boot kbox guests under QEMU")
+    vsub = vm.add_subparsers(dest="vm_command", metavar="{run,shell,gdb,images}", required=True)
+
+    run = vsub.add_parser("run", help="boot a guest, run a command in it, tear it down")
+    _add_vm_options(run)
+    run.add_argument("--timeout", type=float, default=300.0,
+                     help="command timeout in hardware seconds (x3 under TCG; default 300)")
+    run.add_argument("-v", "--verbose", action="store_true", help="print boot and total times")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    run.set_defaults(func=cmd_vm_run)
+
+    shell = vsub.add_parser("shell", help="interactive shell in a fresh guest")
+    _add_vm_options(shell)
+    shell.set_defaults(func=cmd_vm_shell)
+
+    gdb = vsub.add_parser("gdb", help="debug a guest program with gdb-multiarch on the host")
+    _add_vm_options(gdb)
+    gdb.add_argument("--gdb-arg", dest="gdb_args", action="append",
+                     help="extra argument for gdb (repeatable)")
+    gdb.add_argument("command", nargs=argparse.REMAINDER, help="-- PROG ARGS...")
+    gdb.set_defaults(func=cmd_vm_gdb)
+
+    images = vsub.add_parser("images", help="list, build or clean the guest image cache")
+    g = images.add_mutually_exclusive_group()
+    g.add_argument("--list", action="store_true", help="list cached images (default)")
+    g.add_argument("--build", action="store_true", help="build missing images")
+    g.add_argument("--clean", action="store_true", help="delete the image cache")
+    images.add_argument("--arch", choices=sorted(ARCHES))
+    images.add_argument("--kernel", choices=KERNELS)
+    images.add_argument("--rebuild", action="store_true", help="with --build: rebuild anyway")
+    images.set_defaults(func=cmd_vm_images)
+
+    doctor = subparsers.add_parser("doctor", help="what this host has and lacks for kbox")
+    doctor.set_defaults(func=cmd_doctor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (python -m kbox.vm.cli) until kbox/cli.py wires these in."""
+    parser = argparse.ArgumentParser(prog="kbox")
+    add_vm_commands(parser.add_subparsers(dest="command_name", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"kbox: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
