@@ -73,11 +73,13 @@ def _version_key(text: str) -> tuple[tuple[int, ...], str]:
 def newest_kernel_package(series: str, flavour: str) -> str:
     """The newest installable linux-image package name of a series ("6.1", "6.12")."""
     if series == "6.1":
-        pattern = rf"^linux-image-6\.1\.0-(\d+)-{re.escape(flavour)}$"
+        pattern = rf"^linux-image-6\.1\.0-[0-9]+-{re.escape(flavour)}$"
     else:
-        pattern = rf"^linux-image-{re.escape(series)}\.(\d+)\+deb\d+-{re.escape(flavour)}$"
+        pattern = rf"^linux-image-{re.escape(series)}\.[0-9]+\+deb[0-9]+-{re.escape(flavour)}$"
+    # apt-cache takes POSIX extended regexes; re.fullmatch re-checks the names it returns.
     out = _run(["apt-cache", "search", "--names-only", pattern]).stdout
-    names = sorted({line.split(" - ")[0].strip() for line in out.splitlines() if line.strip()},
+    names = sorted({line.split(" - ")[0].strip() for line in out.splitlines()
+                    if re.fullmatch(pattern[1:-1], line.split(" - ")[0].strip())},
                    key=_version_key)
     if not names:
         raise UserError(f"no Debian kernel package matches {pattern} "

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import re
 import shutil
+import stat as st
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -267,3 +269,104 @@ def resolve_modules(modules_dir: Path, wanted: list[str]) -> ResolvedModules:
     order = load_order(loadable, depends)
     return ResolvedModules(order, {m: files[m] for m in order},
                            sorted(module_name(w) for w in wanted if module_name(w) in builtin))
+
+
+# ---- initramfs (newc cpio), the other format the kernel consumes -------------------------
+
+class CpioWriter:
+    """Write a newc cpio archive as the kernel's initramfs unpacker expects it.
+
+    Written here rather than with cpio(1) so that every entry is owned by root without
+    needing root (CI runs unprivileged), device nodes can be added without mknod, and hard
+    links stay links: the first entry of an inode carries the data, later ones have size 0
+    and the kernel links them to the first (init/initramfs.c, find_link).
+    """
+
+    def __init__(self, out: Path | "io.BufferedWriter") -> None:
+        self._own = not hasattr(out, "write")
+        self._f = open(out, "wb") if self._own else out  # type: ignore[arg-type]
+        self._ino = 1
+        self._links: dict[tuple[int, int], int] = {}
+        self._pos = 0
+
+    def __enter__(self) -> "CpioWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        elif self._own:
+            self._f.close()
+
+    def _write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._pos += len(data)
+
+    def _pad(self) -> None:
+        if self._pos % 4:
+            self._write(b"\0" * (4 - self._pos % 4))
+
+    def _entry(self, name: str, mode: int, *, ino: int | None = None, nlink: int = 1,
+               mtime: int = 0, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        if ino is None:
+            ino, self._ino = self._ino, self._ino + 1
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1],
+                  len(encoded), 0)
+        self._write(b"070701" + b"".join(b"%08X" % v for v in fields) + encoded)
+        self._pad()
+        self._write(data)
+        self._pad()
+
+    def add_node(self, name: str, mode: int, major: int, minor: int) -> None:
+        self._entry(name, mode, rdev=(major, minor))
+
+    def add_dir(self, name: str, mode: int = 0o040755) -> None:
+        self._entry(name, mode)
+
+    def add_file(self, name: str, data: bytes, mode: int = 0o100644, mtime: int = 0) -> None:
+        self._entry(name, mode, data=data, mtime=mtime)
+
+    def add_tree(self, root: Path, *, skip_root: bool = True) -> None:
+        """Add everything under `root` (its own entry is skipped: '.' exists already)."""
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath)
+            rel_base = base.relative_to(root)
+            if str(rel_base) != "." or not skip_root:
+                self._add_path(base, str(rel_base))
+            for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
+                self._add_path(base / name, str(rel_base / name) if str(rel_base) != "."
+                               else name)
+            dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+
+    def _add_path(self, path: Path, name: str) -> None:
+        s = os.lstat(path)
+        mtime = int(s.st_mtime)
+        if st.S_ISLNK(s.st_mode):
+            self._entry(name, s.st_mode, data=os.readlink(path).encode(), mtime=mtime)
+        elif st.S_ISDIR(s.st_mode):
+            self._entry(name, s.st_mode, mtime=mtime)
+        elif st.S_ISREG(s.st_mode):
+            if s.st_nlink > 1:
+                key = (s.st_dev, s.st_ino)
+                if key in self._links:
+                    self._entry(name, s.st_mode, ino=self._links[key], nlink=2, mtime=mtime)
+                    return
+                ino, self._ino = self._ino, self._ino + 1
+                self._links[key] = ino
+                self._entry(name, s.st_mode, ino=ino, nlink=2, mtime=mtime,
+                            data=path.read_bytes())
+            else:
+                self._entry(name, s.st_mode, data=path.read_bytes(), mtime=mtime)
+        # sockets/fifos/devices in a package tree are not expected; skip them.
+
+    def close(self) -> None:
+        self._entry("TRAILER!!!", 0, ino=0)
+        # Concatenated archives must each start on a 4-byte boundary; also round to 512 so
+        # `cat a.cpio b.cpio` of separately written archives stays aligned.
+        if self._pos % 512:
+            self._write(b"\0" * (512 - self._pos % 512))
+        self._f.flush()
+        if self._own:
+            self._f.close()
