@@ -248,8 +248,8 @@ def cmd_vm_images(args: argparse.Namespace) -> int:
     arches = [args.arch] if args.arch else sorted(ARCHES)
     kernels = [args.kernel] if args.kernel else list(KERNELS)
     if args.clean:
-        images.clean_images()
-        print("kbox: image cache cleaned")
+        n = images.clean_images(args.arch, args.kernel)
+        print(f"kbox: removed {n} cache entr{'y' if n == 1 else 'ies'}")
         return 0
     if args.build:
         for a in arches:
@@ -257,11 +257,14 @@ def cmd_vm_images(args: argparse.Namespace) -> int:
                 img = images.ensure_image(a, k, rebuild=args.rebuild, progress=True)
                 print(f"{a} {k}: {img.kernel_version} {img.cache_dir}")
         return 0
-    listed = images.list_images()
-    if not listed:
+    rows = [r for r in images.list_images()
+            if (not args.arch or r["arch"] == args.arch)
+            and (not args.kernel or r["kernel"] == args.kernel)]
+    if not rows:
         print("kbox: no cached images (build them with `kbox vm images --build`)")
-    for img in listed:
-        print(f"{img.arch:8} {img.kernel:5} {img.kernel_version:24} {img.cache_dir}")
+    for r in rows:
+        print(f"{r['kind']:5} {r['arch']:8} {r['kernel']:5} {r['size'] / 2**20:7.1f} MiB "
+              f"{r['state']:8} {r['path']}")
     return 0
 
 

@@ -190,7 +190,8 @@ class VM:
                  worker_id: str | None = None, memory_mb: int = DEFAULT_MEMORY_MB,
                  smp: int = DEFAULT_SMP, extra_cmdline: str = "",
                  forward: Sequence[int] = (), boot_timeout: float = BOOT_TIMEOUT_S,
-                 quiet: bool = True, notice: Callable[[str], None] | None = None) -> None:
+                 quiet: bool = True, notice: Callable[[str], None] | None = None,
+                 detached: bool = False) -> None:
         self.image = image
         self.arch: Arch = get_arch(image.arch)
         self.name = name or f"{image.arch}-{image.kernel}-{os.getpid()}-{next(_COUNTER)}"
@@ -203,6 +204,9 @@ class VM:
         self.forward_guest_ports = list(forward)
         self.boot_timeout = boot_timeout
         self.quiet = quiet
+        # detached: QEMU may outlive this process (no death signal, not killed at exit);
+        # only for --keep-vm style inspection. The caller must kill() or release() it.
+        self.detached = detached
         self._accel_req = accel
         self._notice = notice if notice is not None else (
             lambda msg: print(msg, file=sys.stderr))
@@ -317,10 +321,12 @@ class VM:
         try:
             self._proc = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                start_new_session=True, preexec_fn=lambda: _child_setup(parent))
+                start_new_session=True,
+                preexec_fn=None if self.detached else (lambda: _child_setup(parent)))
         finally:
             stderr.close()
-        _LIVE.add(self)
+        if not self.detached:
+            _LIVE.add(self)
         self._launched_at = time.monotonic()
         assert self._proc.stdout is not None
         with open(self.log_path, "ab") as fh:
@@ -478,6 +484,18 @@ class VM:
                 pass
             self._client = None
         self._reap()
+        _LIVE.discard(self)
+
+    def release(self) -> None:
+        """Forget a detached VM without killing it (it keeps running after we exit).
+
+        Nobody drains its console once we exit; QEMU then drops serial output (EPIPE),
+        which the guest does not notice.
+        """
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._proc = None
         _LIVE.discard(self)
 
     def _reap(self) -> None:

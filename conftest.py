@@ -1,0 +1,261 @@
+"""pytest plugin for the VM platform (options, VM fixtures, failure context, result matrix).
+
+Host tests (tests/) ignore all of this. The VM tests (vmtests/) are collected only when
+asked for (`pytest vmtests`): pyproject's testpaths = ["tests"] keeps a plain `pytest`
+away from them.
+
+- Options (one group): --arch, --kernel (repeatable or comma-separated; default both),
+  --accel auto|kvm|tcg, --keep-vm. Bad values are a pytest.UsageError listing choices.
+- VM tests use the `vm` fixture; they are parametrized over the selected arch x kernel
+  (and `tier` over the tiers) by pytest_generate_tests. Each xdist worker keeps a pool
+  of booted VMs (one per arch x kernel it meets) for the whole session, with its own
+  ports, console logs and artifacts (keyed by worker_id, so nothing collides).
+- With xdist, tests are grouped per arch x kernel (--dist loadgroup) so one VM serves
+  all tests of its group and each VM boots once per run rather than once per worker.
+- The image build runs once per test run: ensure_image() holds a file lock per image,
+  so with -n auto one worker builds and the others wait, then reuse the verified entry.
+- A failing VM test gets a "kbox VM" report section: console tail, dmesg, log path.
+- The terminal summary ends with the arch x kernel x tier matrix.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kbox.vm.arch import ARCHES, KERNELS
+
+REPO = Path(__file__).resolve().parent
+ARTIFACTS = Path(os.environ.get("KBOX_ARTIFACTS", REPO / "artifacts"))
+TIERS = ("native", "seccomp", "trap", "rewrite", "auto")
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+_CELL_KEY = "kbox_cell"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("kbox-vm", "kbox VM platform (pytest vmtests)")
+    g.addoption("--arch", action="append", default=None, metavar="ARCH",
+                help=f"guest architecture(s), repeatable or comma-separated; choices: "
+                     f"{', '.join(ARCHES)} (default: all)")
+    g.addoption("--kernel", action="append", default=None, metavar="SERIES",
+                help=f"guest kernel series; choices: {', '.join(KERNELS)} (default: all)")
+    g.addoption("--accel", default="auto", metavar="ACCEL",
+                help=f"QEMU accelerator; choices: {', '.join(ACCEL_CHOICES)} (default auto: "
+                     "KVM only if a probe guest runs)")
+    g.addoption("--keep-vm", action="store_true", default=False,
+                help="leave the VMs running at the end of the session (prints SSH ports)")
+
+
+def _split(values: list[str] | None, choices: tuple[str, ...] | list[str], what: str
+           ) -> list[str]:
+    if not values:
+        return list(choices)
+    out: list[str] = []
+    for v in values:
+        for item in (x.strip() for x in v.split(",")):
+            if item not in choices:
+                raise pytest.UsageError(f"--{what}: unknown value {item!r}; choose from "
+                                        f"{', '.join(choices)}")
+            if item not in out:
+                out.append(item)
+    return out
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "vm: the test boots or uses a kbox guest VM")
+    config.kbox_arches = _split(config.getoption("arch"), tuple(ARCHES), "arch")  # type: ignore[attr-defined]
+    config.kbox_kernels = _split(config.getoption("kernel"), KERNELS, "kernel")  # type: ignore[attr-defined]
+    accel = config.getoption("accel")
+    if accel not in ACCEL_CHOICES:
+        raise pytest.UsageError(f"--accel: unknown value {accel!r}; choose from "
+                                f"{', '.join(ACCEL_CHOICES)}")
+    # One VM per arch x kernel serves all of its tests: send a group to one worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+    config.kbox_cells = collections.OrderedDict()  # type: ignore[attr-defined]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "vm_target" in metafunc.fixturenames:
+        targets = [(a, k) for a in metafunc.config.kbox_arches  # type: ignore[attr-defined]
+                   for k in metafunc.config.kbox_kernels]  # type: ignore[attr-defined]
+        metafunc.parametrize("vm_target", targets, ids=[f"{a}-{k}" for a, k in targets],
+                             scope="session")
+    if "tier" in metafunc.fixturenames:
+        metafunc.parametrize("tier", TIERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        cs = getattr(item, "callspec", None)
+        if cs is not None and "vm_target" in cs.params:
+            arch, kernel = cs.params["vm_target"]
+            item.add_marker(pytest.mark.xdist_group(f"{arch}-{kernel}"))
+            item.add_marker(pytest.mark.vm)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+class VMPool:
+    """This worker's booted VMs, one per (arch, kernel), reused across tests."""
+
+    def __init__(self, worker_id: str, accel: str, keep: bool) -> None:
+        self.worker_id = worker_id
+        self.accel = accel
+        self.keep = keep
+        self.log_dir = ARTIFACTS / "vm-logs" / worker_id
+        self.vms: dict[tuple[str, str], Any] = {}
+        self.boot_failures: dict[tuple[str, str], str] = {}
+        self.cache: dict[tuple[Any, ...], Any] = {}   # per-VM memo (native runs, tiers)
+
+    def get(self, arch: str, kernel: str) -> Any:
+        from kbox.vm.images import ensure_image
+        from kbox.vm.machine import VM, VMError
+
+        key = (arch, kernel)
+        vm = self.vms.get(key)
+        if vm is not None and vm.is_running:
+            return vm
+        if vm is not None:            # died (a crash in an earlier test): boot afresh
+            vm.kill()
+            self.cache = {k: v for k, v in self.cache.items() if k[0] != key}
+        if key in self.boot_failures:
+            pytest.fail(f"{arch}/{kernel} VM failed to boot earlier in this session:\n"
+                        f"{self.boot_failures[key]}", pytrace=False)
+        image = ensure_image(arch, kernel, progress=False)
+        # --keep-vm launches the VM detached (no death signal, no atexit kill) so it
+        # survives the run for inspection; the summary prints how to reach and kill it.
+        vm = VM(image, accel=self.accel, worker_id=self.worker_id, log_dir=self.log_dir,
+                name=f"{arch}-{kernel}-{self.worker_id}", detached=self.keep)
+        try:
+            vm.launch()
+            vm.wait_ready()
+        except VMError as exc:
+            vm.kill()
+            self.boot_failures[key] = str(exc)
+            pytest.fail(f"{arch}/{kernel} VM failed to boot: {exc}", pytrace=False)
+        self.vms[key] = vm
+        return vm
+
+    def close(self) -> None:
+        for (arch, kernel), vm in self.vms.items():
+            if self.keep and vm.is_running:
+                msg = (f"kbox: kept {arch}/{kernel} VM (kill {vm.pid}): ssh -p {vm.ssh_port} "
+                       f"-i {vm.image.ssh_key} root@127.0.0.1; console log {vm.log_path}")
+                print("\n" + msg)
+                (ARTIFACTS / "kept-vms.txt").open("a").write(msg + "\n")
+                vm.release()
+                continue
+            vm.shutdown(timeout=3)
+
+
+@pytest.fixture(scope="session")
+def vm_pool(request: pytest.FixtureRequest, worker_id: str) -> Any:
+    pool = VMPool(worker_id, request.config.getoption("accel"),
+                  request.config.getoption("keep_vm"))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def worker_id(request: pytest.FixtureRequest) -> str:
+    """xdist's worker id ("gw0"...), "master" without xdist (overrides xdist's fixture)."""
+    wi = getattr(request.config, "workerinput", None)
+    return wi["workerid"] if wi else "master"
+
+
+@pytest.fixture
+def vm(vm_pool: Any, vm_target: tuple[str, str], request: pytest.FixtureRequest) -> Any:
+    machine = vm_pool.get(*vm_target)
+    request.node.kbox_vm = machine
+    return machine
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+# -- reporting -----------------------------------------------------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    cs = getattr(item, "callspec", None)
+    if cs is not None and "vm_target" in cs.params and report.when == "call":
+        arch, kernel = cs.params["vm_target"]
+        tier = cs.params.get("tier", "-")
+        report.user_properties.append((_CELL_KEY, f"{arch}|{kernel}|{tier}"))
+    if report.failed and report.when in ("call", "setup"):
+        vm = getattr(item, "kbox_vm", None)
+        if vm is not None:
+            lines = [f"console log: {vm.log_path}", "--- console tail ---", vm.console_tail(30)]
+            if vm.is_running and report.when == "call":
+                lines += ["--- dmesg (tail) ---", vm.dmesg(timeout=10)]
+            report.sections.append(("kbox VM", "\n".join(lines)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Runs on the controller for reports from every worker (user_properties travel along).
+    cell = dict(report.user_properties).get(_CELL_KEY)
+    if cell is None:
+        if report.when == "setup" and report.skipped is False and report.failed:
+            pass
+        return
+    cfg = _CONFIG.get("config")
+    if cfg is None:
+        return
+    cells = cfg.kbox_cells
+    counts = cells.setdefault(cell, collections.Counter())
+    counts[report.outcome] += 1
+
+
+_CONFIG: dict[str, pytest.Config] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG["config"] = session.config
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config
+                            ) -> None:
+    cells: dict[str, collections.Counter[str]] = getattr(config, "kbox_cells", {})
+    if not cells:
+        return
+    tr = terminalreporter
+    tiers_seen = [t for t in (*TIERS, "-") if any(c.split("|")[2] == t for c in cells)]
+    rows = sorted({tuple(c.split("|")[:2]) for c in cells})
+    tr.section("kbox VM matrix (passed/total; s = skipped, F = failed)")
+    header = f"{'arch':8} {'kernel':6} " + " ".join(
+        f"{('other' if t == '-' else t):>12}" for t in tiers_seen)
+    tr.write_line(header)
+    for arch, kernel in rows:
+        out = []
+        for t in tiers_seen:
+            c = cells.get(f"{arch}|{kernel}|{t}")
+            if not c:
+                out.append(f"{'':>12}")
+                continue
+            total = sum(c.values())
+            txt = f"{c['passed']}/{total}"
+            if c["failed"]:
+                txt += f" {c['failed']}F"
+            if c["skipped"]:
+                txt += f" {c['skipped']}s"
+            out.append(f"{txt:>12}")
+        tr.write_line(f"{arch:8} {kernel:6} " + " ".join(out))
+    matrix = ARTIFACTS / "matrix.txt"
+    try:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with open(matrix, "w") as fh:
+            fh.write(header + "\n")
+            for arch, kernel in rows:
+                fh.write(f"{arch} {kernel} " + " ".join(
+                    f"{t}={dict(cells.get(f'{arch}|{kernel}|{t}', {}))}" for t in tiers_seen)
+                    + "\n")
+    except OSError:
+        pass

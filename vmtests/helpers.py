@@ -1,0 +1,61 @@
+"""Shared helpers for the VM tests: guest command lines and readable failure messages."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+GUEST_SOURCES = REPO / "tests" / "guest"
+
+# Real programs from the core issue, as argv lists. Each reads only files that do not
+# change between runs, so native and interposed runs in one VM must print the same.
+REAL_PROGRAMS: dict[str, list[str]] = {
+    "ls": ["ls", "-l", "/etc"],
+    "cat": ["cat", "/etc/passwd"],
+    "sort": ["sort", "-r", "/etc/passwd"],
+    "cp": ["cp", "-v", "/etc/passwd", "/tmp/kbox-cp-copy"],
+    "busybox-sh": ["busybox", "sh", "-c", "echo $((6 * 7)); cat /etc/hostname | wc -c"],
+    "python3": ["python3", "-c", "import os, sys, json; "
+                "print(json.dumps(sorted(os.listdir('/etc'))[:5]), sys.version_info[:2])"],
+    "git": ["git", "hash-object", "/etc/passwd"],
+    "sqlite3": ["sqlite3", ":memory:",
+                "create table t(x); insert into t values (1),(2),(3); select sum(x) from t;"],
+}
+
+
+def guest_program_names() -> list[str]:
+    """NAME-static and NAME-dynamic for every tests/guest/NAME.c (what the image ships)."""
+    names = sorted(p.stem for p in GUEST_SOURCES.glob("*.c"))
+    return [f"{n}-{kind}" for n in names for kind in ("static", "dynamic")]
+
+
+def under_tier(tier: str, argv: list[str]) -> str:
+    """The guest shell command running argv natively or under one kbox tier."""
+    if tier == "native":
+        return shlex.join(argv)
+    return shlex.join(["kbox", "run", "--syscall-mode", tier, "--", *argv])
+
+
+def guest_tiers(vm: Any, pool: Any) -> set[str]:
+    """Tiers the guest's kbox offers, read from `kbox run --help` once per VM."""
+    key = ((vm.image.arch, vm.image.kernel), "tiers")
+    if key not in pool.cache:
+        res = vm.run("kbox run --help", timeout=60)
+        text = res.stdout + res.stderr
+        found = {"native"} | {t for t in ("seccomp", "trap", "rewrite", "auto")
+                              if re.search(rf"\b{t}\b", text)}
+        pool.cache[key] = (found, res.exit_status, text)
+    return pool.cache[key][0]
+
+
+def describe(what: str, res: Any, expected: Any | None = None) -> str:
+    """Failure text: the guest command, its status and output (and the native baseline)."""
+    lines = [f"{what}", f"guest command: {res.command}", f"exit status: {res.exit_status}",
+             f"--- stdout ---\n{res.stdout[-3000:]}", f"--- stderr ---\n{res.stderr[-3000:]}"]
+    if expected is not None:
+        lines += [f"native command: {expected.command}",
+                  f"native exit status: {expected.exit_status}",
+                  f"--- native stdout ---\n{expected.stdout[-3000:]}"]
+    return "\n".join(lines)

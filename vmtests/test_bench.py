@@ -1,0 +1,23 @@
+"""`kbox bench --json` inside each VM; the table is kept under artifacts/ for the nightly
+report (compare tiers within one VM only: emulation distorts cross-machine ratios)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vmtests.helpers import describe
+
+
+def test_bench_runs_in_guest_and_is_kept(vm: Any, vm_target: tuple[str, str],
+                                         artifacts_dir: Path) -> None:
+    res = vm.run("kbox bench --json", timeout=600)
+    assert res.exit_status == 0, describe("kbox bench failed", res)
+    data = json.loads(res.stdout)
+    assert data, "kbox bench --json printed an empty result"
+    out = artifacts_dir / "bench" / f"bench-{vm_target[0]}-{vm_target[1]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"arch": vm_target[0], "kernel": vm_target[1],
+                               "kernel_version": vm.image.kernel_version,
+                               "accel": vm.accel.name if vm.accel else None,
+                               "bench": data}, indent=2))

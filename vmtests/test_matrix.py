@@ -1,0 +1,44 @@
+"""The matrix: every guest test program and every real program, under every tier, on each
+selected arch x kernel; output and exit status must equal the native run in the same VM."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vmtests.helpers import (REAL_PROGRAMS, describe, guest_program_names, guest_tiers,
+                             under_tier)
+
+RUN_TIMEOUT = 120.0   # hardware seconds per program (x3 under TCG)
+
+
+def _native(vm: Any, pool: Any, argv: list[str]) -> Any:
+    key = ((vm.image.arch, vm.image.kernel), "native", tuple(argv))
+    if key not in pool.cache:
+        pool.cache[key] = vm.run(under_tier("native", argv), timeout=RUN_TIMEOUT)
+    return pool.cache[key]
+
+
+def _check(vm: Any, vm_pool: Any, tier: str, argv: list[str], must_succeed: bool) -> None:
+    native = _native(vm, vm_pool, argv)
+    if tier == "native":
+        if must_succeed:
+            assert native.exit_status == 0, describe("native run failed", native)
+        return
+    offered = guest_tiers(vm, vm_pool)
+    if tier not in offered:
+        pytest.skip(f"tier {tier} not offered by the guest's `kbox run --help`")
+    res = vm.run(under_tier(tier, argv), timeout=RUN_TIMEOUT)
+    assert (res.exit_status, res.stdout) == (native.exit_status, native.stdout), \
+        describe(f"{tier} run differs from the native run", res, native)
+
+
+@pytest.mark.parametrize("program", guest_program_names())
+def test_guest_program_matches_native(vm: Any, vm_pool: Any, tier: str, program: str) -> None:
+    argv = [f"{vm.image.guest_programs_dir}/{program}"]
+    _check(vm, vm_pool, tier, argv, must_succeed=True)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_PROGRAMS))
+def test_real_program_matches_native(vm: Any, vm_pool: Any, tier: str, name: str) -> None:
+    _check(vm, vm_pool, tier, REAL_PROGRAMS[name], must_succeed=True)
