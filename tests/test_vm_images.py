@@ -1,0 +1,260 @@
+"""Host-only tests of the image cache and builder logic (no network, no VM)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kbox.errors import UserError
+from kbox.vm import cache, debian, images
+from kbox.vm.arch import ARCHES
+from kbox.vm.kernel import CpioWriter
+
+
+@pytest.fixture
+def CACHE(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("KBOX_CACHE", str(root))
+    return root
+
+
+# ---- cache keys ---------------------------------------------------------------------------
+
+def test_cache_key_changes_when_any_input_changes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.py", tmp_path / "b.c"
+    a.write_text("x = 1\n")
+    b.write_text("int x;\n")
+    files = [("a.py", a), ("b.c", b)]
+    k0 = cache.input_key(files, {"pkg": "1.0"})
+    assert cache.input_key(list(reversed(files)), {"pkg": "1.0"}) == k0  # order-independent
+    b.write_text("int y;\n")
+    k1 = cache.input_key(files, {"pkg": "1.0"})
+    assert k1 != k0
+    assert cache.input_key(files, {"pkg": "1.1"}) != k1
+    b.unlink()
+    assert cache.input_key(files, {"pkg": "1.0"}) != k1
+    assert cache.input_key([("a.py", a), ("c.c", b)], {"pkg": "1.0"}) != cache.input_key(
+        [("a.py", a), ("b.c", b)], {"pkg": "1.0"})  # a rename is a change too
+
+
+def test_tree_files_skips_build_outputs_and_caches(tmp_path: Path) -> None:
+    (tmp_path / "pkg/__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg/_bin/x86_64").mkdir(parents=True)
+    (tmp_path / "pkg/m.py").write_text("")
+    (tmp_path / "pkg/__pycache__/m.cpython-311.pyc").write_text("")
+    (tmp_path / "pkg/_bin/x86_64/libkbox.so").write_text("")
+    (tmp_path / "pkg/x.o").write_text("")
+    assert [p.relative_to(tmp_path).as_posix() for p in cache.tree_files(tmp_path)] == ["pkg/m.py"]
+
+
+def test_kbox_sources_are_part_of_the_image_key(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for d in ("kbox", "csrc", "tests/guest"):
+        (repo / d).mkdir(parents=True)
+        (repo / d / "f").write_text("1")
+    monkeypatch.setattr(images, "REPO", repo)
+    k0 = cache.input_key(images._kbox_files(), {})
+    for d in ("kbox", "csrc", "tests/guest"):
+        (repo / d / "f").write_text("2")
+        k1 = cache.input_key(images._kbox_files(), {})
+        assert k1 != k0, d
+        k0 = k1
+
+
+# ---- manifest, atomicity -------------------------------------------------------------------
+
+def test_a_truncated_cache_file_is_detected(CACHE: Path) -> None:
+    entry = CACHE / "images" / "x86_64-6.1-abc"
+    with cache.building(entry, {"kind": "test"}) as tmp:
+        (tmp / "initrd.img").write_bytes(b"A" * 4096)
+        (tmp / "vmlinux").write_bytes(b"B" * 100)
+    assert cache.verify(entry) is None
+    with (entry / "initrd.img").open("r+b") as f:
+        f.truncate(1000)
+    assert "initrd.img is 1000 bytes" in (cache.verify(entry) or "")
+    (entry / "initrd.img").write_bytes(b"C" * 4096)  # same size, different bytes
+    assert "checksum" in (cache.verify(entry) or "")
+    assert cache.verify(entry, checksums=False) is None
+    (entry / "initrd.img").write_bytes(b"A" * 4096)
+    assert cache.verify(entry) is None
+    (entry / "vmlinux").unlink()
+    assert "missing" in (cache.verify(entry) or "")
+    (entry / cache.MANIFEST).write_text("{not json")
+    assert "manifest" in (cache.verify(entry) or "")
+
+
+def test_a_failed_build_leaves_no_entry_and_no_temp_dir(CACHE: Path) -> None:
+    entry = CACHE / "base" / "aarch64-6.12-k"
+    with pytest.raises(RuntimeError):
+        with cache.building(entry, {}) as tmp:
+            (tmp / "half").write_bytes(b"x" * 10)
+            raise RuntimeError("download failed")
+    assert not entry.exists()
+    assert list(entry.parent.iterdir()) == []
+
+
+def test_rebuilding_replaces_a_corrupt_entry(CACHE: Path) -> None:
+    entry = CACHE / "base" / "aarch64-6.1-k"
+    with cache.building(entry, {}) as tmp:
+        (tmp / "f").write_text("old")
+    (entry / "f").write_text("corrupted!")
+    with cache.building(entry, {}) as tmp:
+        (tmp / "f").write_text("new")
+    assert (entry / "f").read_text() == "new" and cache.verify(entry) is None
+
+
+# ---- choices and host checks ----------------------------------------------------------------
+
+def test_unknown_arch_or_kernel_is_a_usage_error_listing_the_choices() -> None:
+    with pytest.raises(UserError, match="choose from x86_64, aarch64") as e:
+        images.ensure_image("riscv64", "6.1")
+    assert e.value.exit_code == 2
+    with pytest.raises(UserError, match="choose from 6.1, 6.12"):
+        images.ensure_image("x86_64", "5.10")
+
+
+def test_missing_cross_compiler_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.which
+    monkeypatch.setattr(images, "host_arch", lambda: "x86_64")
+    monkeypatch.setattr(shutil, "which",
+                        lambda n: None if n == "aarch64-linux-gnu-gcc" else real(n) or "/x")
+    with pytest.raises(UserError, match="apt-get install gcc-aarch64-linux-gnu"):
+        images.check_host(ARCHES["aarch64"])
+    monkeypatch.setattr(shutil, "which",
+                        lambda n: None if n == "qemu-system-aarch64" else "/x")
+    with pytest.raises(UserError, match="apt-get install qemu-system-arm"):
+        images.check_host(ARCHES["aarch64"])
+
+
+# ---- Debian metadata parsing ----------------------------------------------------------------
+
+def test_depends_fields_parse_into_alternative_groups() -> None:
+    field = "libc6 (>= 2.34), python3:any, debconf (>= 0.5) | debconf-2.0, libfoo [arm64]"
+    assert debian.parse_depends(field) == [["libc6"], ["python3"], ["debconf", "debconf-2.0"],
+                                           ["libfoo"]]
+    assert debian.parse_depends("") == []
+
+
+def test_stanzas_parse_with_continuation_lines() -> None:
+    text = ("Package: a\nVersion: 1\nDescription: x\n more\n\nPackage: b\nVersion: 2:3-1\n")
+    st = debian.parse_stanzas(text)
+    assert [s["Package"] for s in st] == ["a", "b"]
+    assert st[0]["Description"] == "x\nmore"
+    assert debian.Package("b", "2:3-1", "arm64").deb_name == "b_2%3a3-1_arm64.deb"
+    assert debian.Package("b", "1", "all").spec == "b=1"
+    assert debian.Package("b", "1", "arm64").spec == "b:arm64=1"
+
+
+def test_kernel_abi_numbers_sort_numerically() -> None:
+    names = ["linux-image-6.12.99+deb12-arm64", "linux-image-6.12.117+deb12-arm64",
+             "linux-image-6.12.100+deb12-arm64"]
+    assert max(names, key=debian._version_key) == "linux-image-6.12.117+deb12-arm64"
+
+
+# ---- the kbox layer, on a synthetic base ----------------------------------------------------
+
+def _fake_repo(root: Path) -> None:
+    (root / "kbox").mkdir(parents=True)
+    (root / "kbox/__init__.py").write_text("")
+    (root / "kbox/cli.py").write_text("print('kbox cli')\n")
+    for d, prog in (("csrc", "kbox-launch"), ("tests/guest", "hello-static")):
+        (root / d).mkdir(parents=True)
+        (root / d / "Makefile").write_text(
+            f"all:\n\tmkdir -p $(O)\n\tprintf 'int main(void){{return 0;}}' > $(O)/x.c\n"
+            f"\t$(CROSS_COMPILE)gcc -o $(O)/{prog} $(O)/x.c\n\t$(CROSS_COMPILE)gcc -c -o"
+            f" $(O)/x.o $(O)/x.c\n\trm $(O)/x.c\n")
+
+
+def _fake_base(cache_root: Path, arch: str, series: str) -> Path:
+    entry = cache_root / "base" / f"{arch}-{series}-basekey"
+    with cache.building(entry, {"kind": "base"}) as tmp:
+        (tmp / "sysroot/etc").mkdir(parents=True)
+        (tmp / "sysroot/etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+        with CpioWriter(tmp / "base.cpio") as w:
+            w.add_tree(tmp / "sysroot")
+        (tmp / "vmlinuz").write_bytes(b"K" * 64)
+        (tmp / "info.json").write_text(json.dumps(
+            {"arch": arch, "kernel": series, "kernel_version": "9.9.9-fake",
+             "kernel_file": "vmlinuz"}))
+    return entry
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("cpio") is None
+                    or shutil.which("dropbearkey") is None, reason="needs gcc, cpio, dropbearkey")
+def test_kbox_layer_builds_once_and_rebuilds_when_a_source_changes(
+        CACHE: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arch = images.host_arch()
+    if arch not in ARCHES:
+        pytest.skip(f"host arch {arch} has no guest table entry")
+    repo = tmp_path / "repo"
+    _fake_repo(repo)
+    monkeypatch.setattr(images, "REPO", repo)
+    base = _fake_base(CACHE, arch, "6.1")
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "check_host", lambda a: None)
+
+    img = images.ensure_image(arch, "6.1", progress=False)
+    assert img.kernel_version == "9.9.9-fake" and img.ssh_user == "root"
+    assert img.cmdline == images.KERNEL_CMDLINE and "console=" not in img.cmdline
+    assert img.ssh_key.exists() and img.sysroot == base / "sysroot"
+    assert (img.natives_dir / "kbox-launch").exists()
+    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=img.initrd_path.open("rb"),
+                             capture_output=True, text=True, timeout=30).stdout.split()
+    # GNU cpio stops at the first trailer: the base archive comes first, then the kbox one.
+    assert "etc/passwd" in listing
+    with img.initrd_path.open("rb") as f:
+        f.seek((base / "base.cpio").stat().st_size)
+        second = subprocess.run(["cpio", "-it", "--quiet"], stdin=f, capture_output=True,
+                                text=True, timeout=30).stdout.split()
+    kdir = images.GUEST_KBOX_DIR.lstrip("/")
+    assert f"{kdir}/cli.py" in second and f"{kdir}/_bin/{arch}/kbox-launch" in second
+    assert f"{kdir}/_bin/{arch}/x.o" not in second  # objects stay out of the image
+    assert "opt/kbox/guest/hello-static" in second and "usr/bin/kbox" in second
+    assert "root/.ssh/authorized_keys" in second
+
+    # Warm: same entry, nothing rebuilt.
+    mtime = img.initrd_path.stat().st_mtime_ns
+    again = images.ensure_image(arch, "6.1", progress=False)
+    assert again.initrd_path == img.initrd_path
+    assert again.initrd_path.stat().st_mtime_ns == mtime
+
+    # A truncated initrd is detected and rebuilt under the same key.
+    with img.initrd_path.open("r+b") as f:
+        f.truncate(100)
+    fixed = images.ensure_image(arch, "6.1", progress=False)
+    assert fixed.initrd_path == img.initrd_path and cache.verify(fixed.cache_dir) is None
+
+    # A kbox source change gives a new entry and drops the old one.
+    (repo / "kbox/cli.py").write_text("print('changed')\n")
+    new = images.ensure_image(arch, "6.1", progress=False)
+    assert new.cache_dir != img.cache_dir and not img.cache_dir.exists()
+
+    rows = images.list_images()
+    assert {(r["kind"], r["state"]) for r in rows} == {("base", "ok"), ("image", "ok")}
+    assert images.clean_images(arch=arch) == 2 and images.list_images() == []
+
+
+def test_a_failing_make_is_reported_with_its_output(CACHE: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    arch = images.host_arch()
+    if arch not in ARCHES or shutil.which("dropbearkey") is None:
+        pytest.skip("needs a supported host arch and dropbearkey")
+    repo = tmp_path / "repo"
+    _fake_repo(repo)
+    (repo / "csrc/Makefile").write_text("all:\n\t@echo 'dispatch.c:1: error: boom' >&2; false\n")
+    monkeypatch.setattr(images, "REPO", repo)
+    base = _fake_base(CACHE, arch, "6.12")
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "check_host", lambda a: None)
+    with pytest.raises(UserError, match="C core .* failed .*boom"):
+        images.ensure_image(arch, "6.12", progress=False)
+    assert [p for p in (CACHE / "images").iterdir()] == []  # nothing half-written
+    (repo / "csrc/Makefile").unlink()
+    with pytest.raises(UserError, match="csrc/Makefile not found"):
+        images.ensure_image(arch, "6.12", progress=False)
+    assert os.listdir(CACHE / "images") == []
