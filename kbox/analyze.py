@@ -54,7 +54,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -246,7 +246,7 @@ class KernelCaps:
     sud: bool                     # Syscall User Dispatch (needs CONFIG_GENERIC_ENTRY)
     mmap_min_addr: int | None     # vm.mmap_min_addr, None if unreadable
     page0_mappable: bool          # mmap_min_addr == 0, or CAP_SYS_RAWIO (we approximate: root)
-    # Filled by the lead's seccomp tier (probing needs a real listener): None = not probed.
+    # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted on a real listener; None = probe failed.
     notify_sync_wakeup: bool | None = None
     # True once the rewrite tier is built for this host and passes its self-test.
     rewrite_available: bool = False
@@ -255,29 +255,44 @@ class KernelCaps:
         return dict(self.__dict__)
 
 
-_SUD_PROBE = r"""
-import ctypes, os, sys
+# Runs in a throwaway interpreter: whatever it turns on (SUD, a seccomp filter) dies with it.
+# Prints {"sud": errno-or-0, "sync_wakeup": errno-or-0}. Mirrors kbox.vm.cli.FEATURE_PROBE,
+# which the VM tests run in guests, without importing the VM stack.
+_FEATURE_PROBE = r"""
+import ctypes, json, platform, struct
 libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_void_p]
+out = {}
 sel = ctypes.c_char(b"\0")   # SYSCALL_DISPATCH_FILTER_ALLOW: syscalls keep working
 # PR_SET_SYSCALL_USER_DISPATCH=59, ON=1, OFF=0; EINVAL when the kernel lacks GENERIC_ENTRY.
-r = libc.prctl(59, 1, 0, 0, ctypes.addressof(sel))
-if r != 0:
-    sys.exit(2)
-libc.prctl(59, 0, 0, 0, None)
-sys.exit(0)
+if libc.prctl(59, 1, 0, 0, ctypes.addressof(sel)) != 0:
+    out["sud"] = ctypes.get_errno()
+else:
+    libc.prctl(59, 0, 0, 0, None)
+    out["sud"] = 0
+nr = {"x86_64": 317, "aarch64": 277}.get(platform.machine())
+ins = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000))  # ret ALLOW
+prog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", 1, ctypes.addressof(ins)))
+libc.prctl(38, 1, 0, 0, None)                                   # PR_SET_NO_NEW_PRIVS
+fd = libc.syscall(nr, 1, 1 << 3, prog) if nr else -1            # FILTER, NEW_LISTENER
+if fd < 0:
+    out["sync_wakeup"] = ctypes.get_errno() or 38
+else:
+    libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+    # SECCOMP_IOCTL_NOTIF_SET_FLAGS(SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP), kernel >= 6.6
+    out["sync_wakeup"] = 0 if libc.ioctl(fd, 0x40082104, 1) == 0 else ctypes.get_errno()
+print(json.dumps(out))
 """
 
 
-def _probe_sud(timeout: float = 10.0) -> bool:
-    """Turn SUD on (selector = allow) and off again, in a throwaway child process."""
+def _probe_in_child(timeout: float = 10.0) -> dict[str, int]:
     try:
-        r = subprocess.run([sys.executable, "-c", _SUD_PROBE], timeout=timeout,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
+        r = subprocess.run([sys.executable, "-c", _FEATURE_PROBE], timeout=timeout,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        return {k: int(v) for k, v in json.loads(r.stdout).items()}
+    except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError):
+        return {}
 
 
 def probe_kernel_caps(timeout: float = 10.0) -> KernelCaps:
@@ -301,6 +316,7 @@ def probe_kernel_caps(timeout: float = 10.0) -> KernelCaps:
         mmap_min = None
     uname = os.uname()
     machine = host_machine()
+    probed = _probe_in_child(timeout)
     return KernelCaps(
         machine=machine,
         release=uname.release,
@@ -308,9 +324,10 @@ def probe_kernel_caps(timeout: float = 10.0) -> KernelCaps:
         seccomp_trap="trap" in actions,
         seccomp_user_notif="user_notif" in actions,
         # SUD exists only on x86_64 among our targets (Debian arm64 kernels lack GENERIC_ENTRY).
-        sud=_probe_sud(timeout) if machine == "x86_64" else False,
+        sud=probed.get("sud") == 0,
         mmap_min_addr=mmap_min,
         page0_mappable=mmap_min == 0 or os.geteuid() == 0,
+        notify_sync_wakeup=(probed["sync_wakeup"] == 0) if "sync_wakeup" in probed else None,
     )
 
 
@@ -539,6 +556,7 @@ class _Symbols:
     sizes: list[int] = field(default_factory=list)
     data_starts: set[int] = field(default_factory=set)  # aarch64 $d: data, not code
     code_starts: set[int] = field(default_factory=set)  # aarch64 $x
+    full: bool = False            # from .symtab: every function is named, so gaps are not code
 
     def lookup(self, addr: int) -> tuple[str | None, int]:
         i = bisect.bisect_right(self.starts, addr) - 1
@@ -598,6 +616,7 @@ def _read_symbols(elf: ELFFile, info: ElfInfo) -> _Symbols:
             if cur is None or rank < cur[0]:
                 best[value] = (rank, name, max(size, cur[2] if cur else 0))
         if best:
+            syms.full = secname == ".symtab"
             break       # .symtab is a superset of .dynsym when present
     for addr in sorted(best):
         _, name, size = best[addr]
@@ -654,8 +673,30 @@ def _code_ranges(elf: ELFFile | None, info: ElfInfo) -> tuple[list[tuple[int, in
     return [(s.vaddr, s.offset, s.filesz) for s in info.exec_segments], False
 
 
+# Analysis results keyed by file identity: one process analysing many programs (tests, a
+# future `kbox run --syscall-mode=auto` per execve) reuses its libc and ld.so results.
+_OBJECT_CACHE: dict[tuple[int, int, int, int], ObjectReport] = {}
+
+
 def analyze_object(path: str, role: str, info: ElfInfo | None = None) -> ObjectReport:
-    info = info or parse_elf(path)
+    """Sites of one ELF file. The result may be shared with other callers: treat as read-only."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _OBJECT_CACHE.get(key)
+    if cached is not None:
+        return replace(cached, path=path, role=role)
+    rep = _analyze_object(path, role, info or parse_elf(path))
+    if len(_OBJECT_CACHE) > 64:
+        _OBJECT_CACHE.clear()
+    _OBJECT_CACHE[key] = rep
+    return rep
+
+
+def clear_cache() -> None:
+    _OBJECT_CACHE.clear()
+
+
+def _analyze_object(path: str, role: str, info: ElfInfo) -> ObjectReport:
     md = _cs(info.machine)
     with open(path, "rb") as fh:
         data = fh.read()
@@ -681,6 +722,7 @@ def analyze_object(path: str, role: str, info: ElfInfo | None = None) -> ObjectR
     # Hard points are certain instruction starts (function symbols, $x); soft points (FDE
     # starts, symbol ends) usually are, but not always: glibc's FDE for __restore_rt starts
     # one byte early on purpose (unwinders look up return address - 1).
+    fde_set = set(fde)
     hard = set(syms.starts) | syms.code_starts | syms.data_starts
     soft = ({s + z for s, z in zip(syms.starts, syms.sizes) if z} | set(fde)) - hard
     mv = memoryview(data)
@@ -694,6 +736,8 @@ def analyze_object(path: str, role: str, info: ElfInfo | None = None) -> ObjectR
         for k, (start, end) in enumerate(zip(cuts, cuts[1:])):
             if start in syms.data_starts:
                 continue                            # aarch64 literal pool / jump table
+            if syms.full and not _is_code(start, syms, fde_set):
+                continue                            # padding or data between functions
             o = off + (start - vaddr)
             n = end - start
             rep.bytes_scanned += n
@@ -731,6 +775,17 @@ def _find_eh_frame_hdr(data: bytes, info: ElfInfo) -> tuple[int, int, int] | Non
     except struct.error:
         return None
     return None
+
+
+def _is_code(addr: int, syms: _Symbols, fde: set[int]) -> bool:
+    """With a full .symtab, is a region starting at addr inside some function?"""
+    if addr in fde or addr in syms.code_starts:
+        return True
+    i = bisect.bisect_right(syms.starts, addr) - 1
+    if i < 0:
+        return False
+    start, size = syms.starts[i], syms.sizes[i]
+    return addr == start or addr < start + size
 
 
 def _resync_before(insns: list[Insn], point: int) -> bool:
