@@ -1,7 +1,7 @@
 /* fork and execve: exit codes and signal deaths through waitpid/waitid/wait4, WNOHANG, an
  * execve of this program with arguments and environment, a chain of 3 execs that ends in a
  * chosen exit code, close-on-exec across execve, and execve failures (ENOENT, EACCES).
- * The program re-executes itself through argv[0], so run it by path. */
+ * The program re-executes itself (argv[0], or its PATH match when run by name). */
 #include "guest.h"
 #include <fcntl.h>
 #include <signal.h>
@@ -50,7 +50,7 @@ static int fds(char **argv)
 int main(int argc, char **argv)
 {
     guest_init();
-    self = argv[0];
+    self = (char *)guest_self(argv[0]);
     if (argc >= 3 && strcmp(argv[1], "chain") == 0)
         return chain(argc, argv);
     if (argc >= 4 && strcmp(argv[1], "fds") == 0)

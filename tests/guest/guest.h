@@ -56,6 +56,26 @@ static inline const char *yesno(int v)
     return v ? "yes" : "no";
 }
 
+/* The path to execute this program again: argv[0] when it is a path, else its PATH match
+ * (the VM tests run the programs by name).  /proc/self/exe is deliberately not used: it is
+ * what an in-process loader must get right, not something these tests assume. */
+static inline const char *guest_self(const char *argv0)
+{
+    static char found[4096];
+    if (strchr(argv0, '/'))
+        return argv0;
+    const char *path = getenv("PATH");
+    while (path && *path) {
+        const char *end = strchr(path, ':');
+        size_t len = end ? (size_t)(end - path) : strlen(path);
+        snprintf(found, sizeof found, "%.*s/%s", (int)len, path, argv0);
+        if (access(found, X_OK) == 0)
+            return found;
+        path = end ? end + 1 : NULL;
+    }
+    return argv0;
+}
+
 /* A private scratch directory under $TMPDIR (or /tmp).  Its name is random, so callers must
  * never print it; print paths relative to it instead. */
 static inline char *guest_tmpdir(const char *tag)

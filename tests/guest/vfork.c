@@ -13,6 +13,7 @@ int main(int argc, char **argv)
         return 17;
     }
 
+    char *self = (char *)guest_self(argv[0]);
     static volatile int shared_var;
     int status;
     pid_t pid = vfork();
@@ -27,8 +28,8 @@ int main(int argc, char **argv)
     pid = vfork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        char *args[] = {argv[0], "exec", "x", NULL};
-        execv(argv[0], args);
+        char *args[] = {self, "exec", "x", NULL};
+        execv(self, args);
         _exit(127);
     }
     CHECK(waitpid(pid, &status, 0) == pid);
@@ -45,9 +46,9 @@ int main(int argc, char **argv)
     CHECK(waitpid(pid, &status, 0) == pid);
     printf("vfork+failed execve: exit %d\n", WEXITSTATUS(status));
 
-    char *spawn_args[] = {argv[0], "exec", NULL};
+    char *spawn_args[] = {self, "exec", NULL};
     pid_t sp;
-    int rc = posix_spawn(&sp, argv[0], NULL, NULL, spawn_args, environ);
+    int rc = posix_spawn(&sp, self, NULL, NULL, spawn_args, environ);
     printf("posix_spawn self: rc %d\n", rc);
     CHECK(rc == 0 && waitpid(sp, &status, 0) == sp);
     printf("posix_spawn self: exit %d\n", WEXITSTATUS(status));
