@@ -23,6 +23,8 @@
 #define KBOX_REDZONE 128
 #define KBOX_STACK_ALIGN 16
 #define KBOX_HAS_SUD 1          /* Syscall User Dispatch is offered as a trap source */
+/* clone(flags, stack, parent_tid, child_tid, tls): child_tid is argument 3 */
+#define KBOX_CLONE_CTID_ARG 3
 
 typedef struct ucontext kbox_ucontext_t;
 

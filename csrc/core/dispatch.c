@@ -1,0 +1,272 @@
+/* The dispatcher: one decision procedure for every tier.
+ *
+ * A tier calls kbox_dispatch_enter() with the request, carries out the answer, and calls
+ * kbox_dispatch_exit() with the outcome.  Policies never look at which tier asked, except
+ * where a tier physically cannot do something (the seccomp tier cannot change the
+ * arguments or the result of a call it lets the kernel run); those limits are checked when
+ * the run starts, not silently here.
+ */
+#include "arch.h"
+#include "core/policy.h"
+#include "lib/buf.h"
+#include "lib/str.h"
+#include "lib/sys.h"
+#include <asm/unistd.h>
+#include <linux/mman.h>
+#include <linux/sched.h>
+#include <linux/wait.h>
+
+#define EACCES_ 13
+#define ESRCH_ 3
+
+static bool in_process(const struct kbox_req *req) { return req->tier != KBOX_TIER_SECCOMP; }
+
+int kbox_guest_pid(const struct kbox_policy *p, int real)
+{
+    if (!p->virtual_pid || !p->shared)
+        return real;
+    return kbox_vpid_lookup(p->shared, real);
+}
+
+/* ---- virtual pids ------------------------------------------------------------------- */
+
+/* pid argument in kill()/wait4() convention: >0 a process, <-1 a process group, 0 and -1
+ * special.  Returns false if the virtual id names nothing in the run. */
+static bool pid_in(const struct kbox_policy *p, uint64_t *arg, bool group_sign)
+{
+    int v = (int)*arg;
+    if (v == 0 || v == -1)
+        return true;
+    int mag = v < 0 ? -v : v;
+    if (v < 0 && !group_sign)
+        return true; /* not a pid-shaped argument */
+    int real = kbox_vpid_real(p->shared, mag);
+    if (!real)
+        return false;
+    *arg = (uint64_t)(int64_t)(v < 0 ? -real : real);
+    return true;
+}
+
+static int64_t pid_out(const struct kbox_policy *p, int64_t ret)
+{
+    if (ret <= 0)
+        return ret;
+    return kbox_vpid_lookup(p->shared, (int)ret);
+}
+
+static void vpid_enter(const struct kbox_policy *p, const struct kbox_req *req,
+                       struct kbox_answer *ans)
+{
+    struct kbox_shared *s = p->shared;
+    switch (req->nr) {
+    case __NR_getpid:
+        ans->verdict = KBOX_RETURN;
+        ans->value = kbox_vpid_assign(s, req->pid);
+        return;
+    case __NR_gettid:
+        ans->verdict = KBOX_RETURN;
+        ans->value = kbox_vpid_assign(s, req->tid);
+        return;
+    case __NR_kill:
+    case __NR_wait4:
+    case __NR_setpgid:
+        if (!pid_in(p, &ans->args[0], true))
+            goto esrch;
+        if (req->nr == __NR_setpgid && !pid_in(p, &ans->args[1], false))
+            goto esrch;
+        return;
+    case __NR_tgkill:
+    case __NR_rt_tgsigqueueinfo:
+        if (!pid_in(p, &ans->args[0], false) || !pid_in(p, &ans->args[1], false))
+            goto esrch;
+        return;
+    case __NR_tkill:
+    case __NR_rt_sigqueueinfo:
+    case __NR_pidfd_open:
+    case __NR_getpgid:
+    case __NR_getsid:
+    case __NR_prlimit64:
+    case __NR_sched_setaffinity:
+    case __NR_sched_getaffinity:
+    case __NR_sched_setscheduler:
+    case __NR_sched_getscheduler:
+    case __NR_sched_setparam:
+    case __NR_sched_getparam:
+    case __NR_sched_rr_get_interval:
+    case __NR_sched_setattr:
+    case __NR_sched_getattr:
+    case __NR_get_robust_list:
+    case __NR_process_vm_readv:
+    case __NR_process_vm_writev:
+    case __NR_migrate_pages:
+    case __NR_move_pages:
+    case __NR_kcmp:
+        /* pid 0 means the caller for all of these. */
+        if (!pid_in(p, &ans->args[0], false))
+            goto esrch;
+        if (req->nr == __NR_kcmp && !pid_in(p, &ans->args[1], false))
+            goto esrch;
+        return;
+    case __NR_waitid:
+        if (ans->args[0] == P_PID || ans->args[0] == P_PGID) {
+            if (!pid_in(p, &ans->args[1], false))
+                goto esrch;
+        }
+        return;
+    default:
+        return;
+    }
+esrch:
+    ans->verdict = KBOX_FAIL;
+    ans->value = ESRCH_;
+}
+
+/* Writes a virtual id over an id the kernel stored in guest memory (CLONE_PARENT_SETTID,
+ * CLONE_CHILD_SETTID): glibc keeps a thread's tid there and later passes it to tgkill. */
+static void rewrite_tid_in_memory(const struct kbox_req *req, uint64_t addr, int32_t virt)
+{
+    if (addr && req->mem && req->mem->write)
+        req->mem->write(req->mem, addr, &virt, sizeof(virt));
+}
+
+static void clone_flags_and_tids(const struct kbox_req *req, uint64_t *flags, uint64_t *ptid,
+                                 uint64_t *ctid)
+{
+    *flags = *ptid = *ctid = 0;
+    switch (req->nr) {
+    case __NR_clone:
+        *flags = req->args[0];
+        *ptid = req->args[2];
+        /* x86_64 passes (flags, stack, ptid, ctid, tls); aarch64 (flags, stack, ptid, tls,
+         * ctid): the arch header says which slot holds ctid. */
+        *ctid = req->args[KBOX_CLONE_CTID_ARG];
+        break;
+    case __NR_clone3: {
+        struct clone_args ca;
+        memset(&ca, 0, sizeof(ca));
+        if (req->mem && req->mem->read(req->mem, req->args[0], &ca, sizeof(ca)) >= 16) {
+            *flags = ca.flags;
+            *ptid = ca.parent_tid;
+            *ctid = ca.child_tid;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static int64_t vpid_exit(const struct kbox_policy *p, const struct kbox_req *req, int64_t ret)
+{
+    struct kbox_shared *s = p->shared;
+    switch (req->nr) {
+#ifdef __NR_fork
+    case __NR_fork:
+#endif
+#ifdef __NR_vfork
+    case __NR_vfork:
+#endif
+    case __NR_clone:
+    case __NR_clone3: {
+        uint64_t flags, ptid, ctid;
+        clone_flags_and_tids(req, &flags, &ptid, &ctid);
+        if (ret > 0) {
+            int v = kbox_vpid_assign(s, (int)ret);
+            if (flags & CLONE_PARENT_SETTID)
+                rewrite_tid_in_memory(req, ptid, v);
+            /* A CLONE_VM child shares our memory: its CHILD_SETTID word is ours to fix. */
+            if ((flags & CLONE_CHILD_SETTID) && (flags & CLONE_VM))
+                rewrite_tid_in_memory(req, ctid, v);
+            return v;
+        }
+        if (ret == 0 && (flags & CLONE_CHILD_SETTID))
+            rewrite_tid_in_memory(req, ctid, kbox_vpid_assign(s, (int)KSYS0(__NR_gettid)));
+        return ret;
+    }
+    case __NR_getppid:
+    case __NR_wait4:
+    case __NR_getpgid:
+    case __NR_getsid:
+#ifdef __NR_getpgrp
+    case __NR_getpgrp:
+#endif
+        return pid_out(p, ret);
+    case __NR_set_tid_address:
+        return kbox_vpid_assign(s, req->tid);
+    case __NR_waitid:
+        if (ret == 0 && req->args[2] && req->mem && req->mem->write) {
+            /* siginfo_t: si_pid is the int at offset 16 on both architectures. */
+            int32_t real;
+            if (req->mem->read(req->mem, req->args[2] + 16, &real, 4) == 4 && real > 0) {
+                int32_t v = kbox_vpid_lookup(s, real);
+                req->mem->write(req->mem, req->args[2] + 16, &v, 4);
+            }
+        }
+        return ret;
+    default:
+        return ret;
+    }
+}
+
+/* ---- W^X ------------------------------------------------------------------------------- */
+
+static bool wants_wx(const struct kbox_req *req)
+{
+    switch (req->nr) {
+    case __NR_mmap:            /* (addr, len, prot, ...) */
+    case __NR_mprotect:        /* (addr, len, prot) */
+    case __NR_pkey_mprotect:   /* (addr, len, prot, pkey) */
+        return (req->args[2] & PROT_WRITE) && (req->args[2] & PROT_EXEC);
+    default:
+        return false;
+    }
+}
+
+/* ---- the dispatcher ------------------------------------------------------------------ */
+
+void kbox_dispatch_enter(const struct kbox_policy *p, const struct kbox_req *req,
+                         struct kbox_answer *ans)
+{
+    ans->verdict = KBOX_RUN;
+    ans->value = 0;
+    memcpy(ans->args, req->args, sizeof(ans->args));
+
+    if (p->stats && p->shared && req->nr >= 0 && req->nr < KBOX_NR_MAX)
+        __atomic_add_fetch(&p->shared->counts[req->nr][req->path], 1, __ATOMIC_RELAXED);
+
+    if (req->nr >= 0 && req->nr < KBOX_NR_MAX && p->deny_errno[req->nr]) {
+        ans->verdict = KBOX_FAIL;
+        ans->value = p->deny_errno[req->nr];
+        return;
+    }
+    if (p->enforce_wx && in_process(req) && wants_wx(req)) {
+        ans->verdict = KBOX_FAIL;
+        ans->value = EACCES_;
+        return;
+    }
+    if (p->virtual_pid && p->shared)
+        vpid_enter(p, req, ans);
+}
+
+void kbox_dispatch_trace(const struct kbox_policy *p, const struct kbox_req *req, int64_t ret,
+                         enum kbox_ret_state state)
+{
+    char line[4096];
+    struct kbox_buf b;
+    kbox_buf_init(&b, line, sizeof(line));
+    kbox_trace_format(&b, &p->trace_opts, req, ret, state, kbox_guest_pid(p, req->pid),
+                      kbox_guest_pid(p, req->tid));
+    if (b.len)
+        kbox_write(p->trace_fd, line, b.len);
+}
+
+int64_t kbox_dispatch_exit(const struct kbox_policy *p, const struct kbox_req *req,
+                           const struct kbox_answer *ans, int64_t ret, enum kbox_ret_state state)
+{
+    if (state == KBOX_RET_KNOWN && ans->verdict == KBOX_RUN && p->virtual_pid && p->shared &&
+        in_process(req))
+        ret = vpid_exit(p, req, ret);
+    if (p->trace)
+        kbox_dispatch_trace(p, req, ret, state);
+    return ret;
+}

@@ -1,0 +1,47 @@
+/* What the launcher hands a tier: the program, its arguments, and the run's policy. */
+#ifndef KBOX_TIERS_LAUNCH_H
+#define KBOX_TIERS_LAUNCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "core/policy.h"
+
+enum kbox_trap_backend { KBOX_TRAP_SECCOMP = 0, KBOX_TRAP_SUD = 1 };
+
+struct kbox_launch {
+    const char *path;           /* file to execute */
+    char **argv;                /* its argv (argv[0] may differ from path) */
+    char **envp;
+    const uint64_t *auxv;       /* the launcher's own auxv, from the kernel */
+    const char *self_path;      /* the launcher binary, for re-launching on execve */
+    char **launcher_opts;       /* the launcher's own options (re-used on execve) */
+    int n_launcher_opts;
+    enum kbox_trap_backend trap_backend;
+    bool relaunch;              /* we are a guest's execve, already inside the sandbox */
+    int shared_fd;
+    struct kbox_policy *policy;
+};
+
+/* Exit status conventions of the launcher itself. */
+#define KBOX_EXIT_USAGE 2
+#define KBOX_EXIT_CANNOT_EXEC 126
+#define KBOX_EXIT_NOT_FOUND 127
+#define KBOX_EXIT_INTERNAL 125
+
+/* Monitor side of both tiers: runs as the parent of the guest, waits until every process
+ * of the run is gone (the launcher is a child subreaper), and returns the shell-style
+ * status of the first child (exit code, or 128+N for signal N). */
+int kbox_seccomp_run(struct kbox_launch *L);
+int kbox_trap_run(struct kbox_launch *L);
+/* Loads the program into this process and starts it without any interposition (debugging
+ * the loader); does not return on success. */
+int kbox_plain_run(struct kbox_launch *L);
+
+/* Prints "kbox: <msg>\n" to stderr. */
+void kbox_err(const char *a, const char *b, const char *c);
+/* strerror for the errnos the launcher reports. */
+const char *kbox_strerror(int err);
+/* Shell-style status for a wait status. */
+int kbox_status_to_exit(int wstatus);
+
+#endif
