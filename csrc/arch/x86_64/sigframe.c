@@ -9,7 +9,7 @@
 #include "lib/str.h"
 #include <stdbool.h>
 #include <asm/sigcontext.h>
-#include <asm/signal.h>
+#include <linux/signal.h>
 
 uint64_t kbox_arch_child_frame(const void *si, const kbox_ucontext_t *uc, uint64_t newsp,
                                bool keep_altstack);
