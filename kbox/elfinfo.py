@@ -274,7 +274,9 @@ def _parse_open_elf(f: BinaryIO, path: str, display: str, st: os.stat_result) ->
     interp_ph: tuple[int, int] | None = None
     dyn_ph: tuple[int, int] | None = None
     for i in range(phnum):
-        ph = elf.get_segment(i).header
+        # Parse the header alone: ELFFile.get_segment(PT_DYNAMIC) walks section headers,
+        # which the kernel never reads and which may be garbage in a runnable file.
+        ph = elf.structs.Elf_Phdr.parse(_pread(f, phoff + i * phentsize, phentsize))
         ptype = ph["p_type"]
         off, filesz, memsz, vaddr = ph["p_offset"], ph["p_filesz"], ph["p_memsz"], ph["p_vaddr"]
         if ptype == "PT_LOAD":

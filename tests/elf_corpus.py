@@ -33,9 +33,12 @@ def _put(data: bytes, off: int, fmt: str, value: int) -> bytes:
 
 
 def _phdrs(data: bytes) -> list[tuple[int, tuple[int, ...]]]:
-    """(file offset of the phdr, its fields) for a 64-bit little-endian ELF."""
+    """(file offset of the phdr, its fields) for a 64-bit little-endian ELF.
+
+    Fields: (p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align).
+    """
     eh = EHDR64.unpack_from(data, 0)
-    phoff, phentsize, phnum = eh[5], eh[8], eh[9]
+    phoff, phentsize, phnum = eh[5], eh[9], eh[10]
     return [(phoff + i * phentsize, PHDR64.unpack_from(data, phoff + i * phentsize)) for i in range(phnum)]
 
 
@@ -49,7 +52,7 @@ def truncations(data: bytes) -> list[tuple[str, bytes]]:
         for off, ph in _phdrs(data):
             cuts |= {off + 1, off + 28, off + 55}
             if ph[0] in (PT_LOAD, PT_INTERP, PT_DYNAMIC):
-                cuts |= {ph[2] + 1, ph[2] + ph[4] // 2, ph[2] + ph[4] - 1}
+                cuts |= {ph[2] + 1, ph[2] + ph[5] // 2, ph[2] + ph[5] - 1}
     cuts |= {len(data) // 2, len(data) - 1}
     return [(f"truncated-at-{c}", data[:c]) for c in sorted(cuts) if 0 <= c < len(data)]
 
@@ -129,7 +132,7 @@ def program_headers(data: bytes, fake_interp: str | None = None) -> list[tuple[s
             (f"{p}.p_offset+1", _put(data, off + P_OFFSET, "<Q", ph[2] + 1)),
             (f"{p}.p_filesz=max", _put(data, off + P_FILESZ, "<Q", -1)),
             (f"{p}.p_filesz=filesize+1", _put(data, off + P_FILESZ, "<Q", size + 1)),
-            (f"{p}.p_filesz>p_memsz", _put(data, off + P_MEMSZ, "<Q", max(0, ph[4] - 1))),
+            (f"{p}.p_filesz>p_memsz", _put(data, off + P_MEMSZ, "<Q", max(0, ph[5] - 1))),
             (f"{p}.p_memsz=max", _put(data, off + P_MEMSZ, "<Q", -1)),
             (f"{p}.p_vaddr=max", _put(data, off + P_VADDR, "<Q", -4096)),
             (f"{p}.p_vaddr=2^47", _put(data, off + P_VADDR, "<Q", 1 << 47)),
@@ -146,7 +149,7 @@ def program_headers(data: bytes, fake_interp: str | None = None) -> list[tuple[s
         out.append(("PT_LOAD-unsorted", _put(_put(data, o0 + P_VADDR, "<Q", p1[3]), o1 + P_VADDR, "<Q", p0[3])))
     for off, ph in _phdrs(data):
         if ph[0] == PT_INTERP:
-            ioff, ilen = ph[2], ph[4]
+            ioff, ilen = ph[2], ph[5]
             b = bytearray(data)
             b[ioff + ilen - 1] = ord("X")
             out.append(("PT_INTERP-no-NUL", bytes(b)))
@@ -170,7 +173,7 @@ def program_headers(data: bytes, fake_interp: str | None = None) -> list[tuple[s
             out.append(("PT_DYNAMIC-offset=max", _put(data, off + P_OFFSET, "<Q", -1)))
             out.append(("PT_DYNAMIC-filesz=max", _put(data, off + P_FILESZ, "<Q", -1)))
             b = bytearray(data)
-            b[ph[2]: ph[2] + min(ph[4], 256)] = bytes([0xFF]) * min(ph[4], 256)
+            b[ph[2]: ph[2] + min(ph[5], 256)] = bytes([0xFF]) * min(ph[5], 256)
             out.append(("PT_DYNAMIC-garbage", bytes(b)))
     return out
 
@@ -181,7 +184,7 @@ def random_flips(data: bytes, count: int = 200, seed: int = 20240229) -> list[tu
     limit = len(data)
     if _is_elf64le(data):
         eh = EHDR64.unpack_from(data, 0)
-        limit = min(len(data), max(64, eh[5] + eh[8] * eh[9]))
+        limit = min(len(data), max(64, eh[5] + eh[9] * eh[10]))
     limit = max(1, min(limit, len(data)))
     out = []
     for n in range(count):
