@@ -1,0 +1,236 @@
+"""`kbox bench`: the cost of a system call natively and under each kbox tier.
+
+Runs the C benchmark program (kbox-bench, built with the core) once natively and once under
+each requested mode through the launcher, in rounds: every round runs every mode once, so a
+slow phase of the machine (another build, frequency scaling) hits all modes alike instead of
+one.  Per row and mode the best round is kept (noise only adds time) and divided by the
+native figure from the same invocation: ratios are only meaningful within one run on one
+machine.
+
+A mode the launcher cannot run here (kernel too old, tier not built yet) is found by a short
+probe run, reported on stderr with the launcher's own message, and left out of the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from kbox import native
+from kbox.errors import UserError
+
+DEFAULT_MODES = ("native", "seccomp", "trap", "rewrite", "auto")
+DEFAULT_ITERATIONS = 20000
+DEFAULT_ROUNDS = 3
+# One kbox-bench run; generous because a TCG guest's seccomp tier is ~500x native.
+DEFAULT_TIMEOUT = 900.0
+PROBE_ITERATIONS = 50
+PROBE_TIMEOUT = 120.0
+
+
+@dataclass
+class BenchResult:
+    iterations: int
+    rounds: int
+    modes: list[str]
+    row_names: list[str] = field(default_factory=list)
+    # (row, mode) -> best ns per call over the rounds
+    best_ns: dict[tuple[str, str], float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def us(self, row: str, mode: str) -> float | None:
+        ns = self.best_ns.get((row, mode))
+        return None if ns is None else ns / 1000.0
+
+    def ratio(self, row: str, mode: str) -> float | None:
+        ns, base = self.best_ns.get((row, mode)), self.best_ns.get((row, "native"))
+        if ns is None or not base:
+            return None
+        return ns / base
+
+    def to_json(self) -> dict[str, Any]:
+        rows = []
+        for row in self.row_names:
+            for mode in self.modes:
+                us = self.us(row, mode)
+                if us is None:
+                    continue
+                ratio = self.ratio(row, mode)
+                rows.append({"name": row, "mode": mode, "us_per_call": round(us, 4),
+                             "ratio": None if ratio is None else round(ratio, 3)})
+        return {"iterations": self.iterations, "rounds": self.rounds, "modes": self.modes,
+                "skipped": self.skipped, "rows": rows}
+
+    def table(self) -> str:
+        width = 18
+        head = f"{'syscall (us/call)':<18}" + "".join(f"{m:>{width}}" for m in self.modes)
+        lines = [head]
+        for row in self.row_names:
+            cells = []
+            for mode in self.modes:
+                us, ratio = self.us(row, mode), self.ratio(row, mode)
+                if us is None:
+                    cells.append(f"{'-':>{width}}")
+                elif mode == "native" or ratio is None:
+                    cells.append(f"{us:>{width}.3f}")
+                else:
+                    cells.append(f"{f'{us:.3f} ({ratio:.1f}x)':>{width}}")
+            lines.append(f"{row:<18}" + "".join(cells))
+        return "\n".join(lines)
+
+
+def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[str]:
+    """The command running kbox-bench natively or under one kbox mode."""
+    if mode == "native":
+        return [bench_path, *bench_args]
+    from kbox import runner  # the launcher's argv contract lives with `kbox run`
+
+    return list(runner.launch_argv(bench_path, list(bench_args), mode=mode))
+
+
+def _run_once(mode: str, bench_path: str, iterations: int, repeats: int, rows: str | None,
+              timeout: float) -> dict[str, Any]:
+    args = ["--iterations", str(iterations), "--repeats", str(repeats), "--json"]
+    if rows:
+        args += ["--rows", rows]
+    argv = bench_argv(mode, args, bench_path)
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"timed out after {timeout:.0f}s") from exc
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise RuntimeError(f"exit status {proc.returncode}: {last}")
+    try:
+        data = json.loads(proc.stdout)
+        return data
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"unreadable output: {proc.stdout[:200]!r}") from exc
+
+
+def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: int = 3,
+                  rows: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                  progress: Any = None) -> BenchResult:
+    """Measure every mode in interleaved rounds; native is always measured (the baseline)."""
+    say = progress or (lambda msg: None)
+    bench_path = str(native.native_path("kbox-bench"))
+    ordered = ["native"] + [m for m in modes if m != "native"]
+    result = BenchResult(iterations=iterations, rounds=rounds, modes=[])
+
+    for mode in ordered:
+        try:
+            _run_once(mode, bench_path, PROBE_ITERATIONS, 1, rows, PROBE_TIMEOUT)
+        except (RuntimeError, UserError, ImportError) as exc:
+            if mode == "native":
+                raise UserError(f"kbox bench: kbox-bench does not run natively: {exc}") from exc
+            result.skipped[mode] = str(exc)
+            say(f"kbox bench: mode {mode} unavailable here, skipped ({exc})")
+            continue
+        result.modes.append(mode)
+
+    for rnd in range(1, rounds + 1):
+        for mode in list(result.modes):
+            say(f"kbox bench: round {rnd}/{rounds}, mode {mode}")
+            try:
+                data = _run_once(mode, bench_path, iterations, repeats, rows, timeout)
+            except RuntimeError as exc:
+                # It passed the probe, so this is a failure worth reporting, not a skip.
+                result.modes.remove(mode)
+                result.skipped[mode] = f"failed in round {rnd}: {exc}"
+                say(f"kbox bench: mode {mode} failed in round {rnd}: {exc}")
+                continue
+            for row in data["rows"]:
+                name, ns = row["name"], float(row["ns_per_call"])
+                if name not in result.row_names:
+                    result.row_names.append(name)
+                key = (name, mode)
+                result.best_ns[key] = min(ns, result.best_ns.get(key, ns))
+    if "native" not in result.modes:
+        raise UserError("kbox bench: the native baseline failed; no ratios can be computed")
+    return result
+
+
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes:
+        raise UserError("kbox bench: --modes needs at least one mode", exit_code=2)
+    for m in modes:
+        if m not in DEFAULT_MODES:
+            raise UserError(f"kbox bench: unknown mode {m!r} (choose from "
+                            f"{', '.join(DEFAULT_MODES)})", exit_code=2)
+    return list(dict.fromkeys(modes))
+
+
+def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help="measure system call cost natively and under each tier",
+        description="Run kbox-bench (stat, open+close, lseek+read, write, getpid and a "
+                    "non-existent syscall 500 in a tight loop) natively and under each mode, "
+                    "interleaved in rounds; print us/call and the ratio to native measured "
+                    "in the same run. Modes this kernel cannot run are reported and skipped.")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help=f"comma-separated modes (default: {','.join(DEFAULT_MODES)}); native "
+                        "is always measured as the baseline")
+    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                   help=f"calls per timed pass (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"interleaved rounds over all modes; best kept (default {DEFAULT_ROUNDS})")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed passes per row inside one run; best kept (default 3)")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated subset of rows (stat,open+close,lseek+read,write,"
+                        "getpid,syscall500)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds allowed for one benchmark run (default {DEFAULT_TIMEOUT:.0f})")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object with a "rows" list of '
+                        '{"name", "mode", "us_per_call", "ratio"}')
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    modes = _parse_modes(args.modes)
+    explicit = args.modes != ",".join(DEFAULT_MODES)
+    if args.iterations <= 0 or args.rounds <= 0 or args.repeats <= 0:
+        raise UserError("kbox bench: --iterations, --rounds and --repeats must be positive",
+                        exit_code=2)
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
+                           args.timeout, progress)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"kbox bench: {args.iterations} calls per pass, best of {args.repeats} passes x "
+              f"{args.rounds} rounds; ratio = mode / native in this run")
+        print(result.table())
+        for mode, why in result.skipped.items():
+            print(f"skipped {mode}: {why}")
+    # Modes named explicitly must all have run; the default list tolerates absent tiers.
+    failed = [m for m in modes if m in result.skipped and (explicit or "failed" in
+                                                          result.skipped[m])]
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry (python -m kbox.bench) until/besides the `kbox` CLI wiring."""
+    parser = argparse.ArgumentParser(prog="kbox")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bench_command(sub)
+    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return run_bench(args)
+    except UserError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
