@@ -1,0 +1,211 @@
+"""Injected faults: each boots a real guest (x86_64 / 6.1 image, TCG) and checks that the
+failure is reported the way the platform promises and that no QEMU process survives.
+
+These take ~5-20 s each under TCG, so there are few of them. They need the guest image
+(built on first use by kbox.vm.images.ensure_image); when it cannot be built the tests
+error with the builder's message rather than pass.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kbox.vm import machine as machine_mod
+from kbox.vm.machine import VM, GuestCrash, GuestTimeout
+
+REPO = Path(__file__).resolve().parents[1]
+FAULT_ARCH = os.environ.get("KBOX_FAULT_ARCH", "x86_64")
+FAULT_KERNEL = os.environ.get("KBOX_FAULT_KERNEL", "6.1")
+
+
+@pytest.fixture(scope="module")
+def image() -> Any:
+    from kbox.vm.images import ensure_image
+    return ensure_image(FAULT_ARCH, FAULT_KERNEL, progress=False)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; /proc says which.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _qemu_children_of(ppid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and int(stat.rsplit(")", 1)[1].split()[1]) == ppid:
+            out.append(int(d.name))
+    return out
+
+
+@pytest.fixture
+def no_leaked_qemu() -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 5
+    while _qemu_children_of(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _qemu_children_of(os.getpid()) == [], "a qemu child of the test process survived"
+
+
+def test_kernel_that_panics_fails_fast_with_the_panic_text(image: Any, tmp_path: Path,
+                                                           no_leaked_qemu: None) -> None:
+    # rdinit points nowhere, so the kernel falls back to a root device that does not exist
+    # and panics ("VFS: Unable to mount root fs"); panic=-1 + -no-reboot end QEMU.
+    vm = VM(image, accel="tcg", log_dir=tmp_path, extra_cmdline="rdinit=/nonexistent root=/dev/nope",
+            quiet=False)
+    t0 = time.monotonic()
+    with pytest.raises(GuestCrash) as ei:
+        with vm:
+            pass
+    elapsed = time.monotonic() - t0
+    assert "Kernel panic" in ei.value.excerpt
+    assert ei.value.log_path == vm.log_path and vm.log_path.exists()
+    # Seconds, not the boot timeout (20 s x3 under TCG).
+    assert elapsed < 25, f"panic reported after {elapsed:.1f} s"
+    assert not vm.is_running
+
+
+def test_hanging_guest_command_is_killed_at_the_timeout(image: Any, tmp_path: Path,
+                                                        no_leaked_qemu: None) -> None:
+    with VM(image, accel="tcg", log_dir=tmp_path) as vm:
+        pid = vm.pid
+        t0 = time.monotonic()
+        with pytest.raises(GuestTimeout) as ei:
+            vm.run("echo started; sleep 1000", timeout=2)
+        elapsed = time.monotonic() - t0
+        assert 2 * vm.timeout_factor <= elapsed < 2 * vm.timeout_factor + 5
+        assert ei.value.stdout == "started\n"
+        assert "KBOX_GUEST_READY" in ei.value.console_tail
+        assert str(vm.log_path) in str(ei.value)
+        # The VM stays usable after a command timed out.
+        assert vm.run("echo still-here", timeout=30).stdout == "still-here\n"
+    assert not _alive(pid)
+
+
+def test_prebound_port_makes_the_vm_take_another(image: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 no_leaked_qemu: None) -> None:
+    # Someone grabs the port after our probe said it was free: QEMU then fails with
+    # "Could not set up host forwarding rule" and the VM must retry with the next port.
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real = machine_mod.candidate_ports
+
+    def rigged(worker_id: str | None = None) -> Iterator[int]:
+        yield taken
+        yield from real(worker_id)
+    monkeypatch.setattr(machine_mod, "candidate_ports", rigged)
+    try:
+        with VM(image, accel="tcg", log_dir=tmp_path) as vm:
+            assert vm.ssh_port != taken
+            assert vm.run("echo ok", timeout=30).stdout == "ok\n"
+    finally:
+        squatter.close()
+
+
+_HOLDER = r"""
+import json, sys, time
+from pathlib import Path
+from kbox.vm.images import Image
+from kbox.vm.machine import VM
+spec = json.loads(sys.argv[1])
+img = Image(**{k: (Path(v) if k.endswith(("_path", "_dir", "key", "sysroot")) and k not in
+                   ("guest_kbox_dir", "guest_programs_dir") else v) for k, v in spec.items()})
+with VM(img, accel="tcg", log_dir=Path(sys.argv[2])) as vm:
+    print("READY", vm.pid, flush=True)
+    vm.run("sleep 1000", timeout=1000)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_owner_killed_by_signal_leaves_no_qemu(image: Any, tmp_path: Path,
+                                               sig: signal.Signals) -> None:
+    # SIGINT: KeyboardInterrupt unwinds through the context manager; SIGTERM: the handler
+    # kills the VMs; SIGKILL: nothing runs in the owner, PR_SET_PDEATHSIG does the job.
+    from dataclasses import asdict
+    spec = {k: str(v) for k, v in asdict(image).items()}
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, json.dumps(spec), str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()            # blocks until boot completes (bounded below)
+        assert line.startswith("READY"), line + (p.stderr.read() if p.stderr else "")
+        qemu_pid = int(line.split()[1])
+        assert _alive(qemu_pid)
+        p.send_signal(sig)
+        p.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(qemu_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(qemu_pid), f"qemu {qemu_pid} survived {sig.name} of its owner"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_sigint_to_a_running_vm_pytest_leaves_no_qemu(image: Any, tmp_path: Path) -> None:
+    # A real `pytest vmtests` run interrupted while a guest command runs.
+    test = tmp_path / "test_sleepy.py"
+    test.write_text("def test_sleep(vm):\n    print('RUNNING', vm.pid, flush=True)\n"
+                    "    vm.run('sleep 1000', timeout=1000)\n")
+    # The file lives outside the repo, so the repo's conftest is loaded as a named plugin.
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider",
+                          "-p", "conftest", "--rootdir", str(tmp_path), "--arch", FAULT_ARCH,
+                          "--kernel", FAULT_KERNEL, "--accel", "tcg", str(test)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         cwd=REPO, env=env)
+    qemu_pid = None
+    try:
+        assert p.stdout is not None
+        deadline = time.monotonic() + 180
+        out = []
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if "RUNNING" in line:
+                qemu_pid = int(line.split("RUNNING", 1)[1].split()[0])
+                break
+        assert qemu_pid is not None, "".join(out)
+        time.sleep(1)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while _alive(qemu_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(qemu_pid)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
