@@ -258,3 +258,16 @@ def test_a_failing_make_is_reported_with_its_output(CACHE: Path, tmp_path: Path,
     with pytest.raises(UserError, match="csrc/Makefile not found"):
         images.ensure_image(arch, "6.12", progress=False)
     assert os.listdir(CACHE / "images") == []
+
+
+def test_busybox_applet_table_is_read_from_the_binary() -> None:
+    blob = b"junk\0\0[\0[[\0ash\0insmod\0ip\0mount\0sh\0zcat\0\x01\x02binary"
+    assert images.busybox_applets(blob) == ["[", "[[", "ash", "insmod", "ip", "mount", "sh",
+                                            "zcat"]
+    with pytest.raises(UserError, match="applet"):
+        images.busybox_applets(b"no table here")
+    host = shutil.which("busybox")
+    if host and Path(host).stat().st_size > 500_000:  # the static multi-call binary
+        listed = subprocess.run([host, "--list"], capture_output=True, text=True, timeout=10,
+                                check=True).stdout.split()
+        assert images.busybox_applets(Path(host).read_bytes()) == sorted(listed)
