@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import hashlib
 import json
 import os
 import re
@@ -673,18 +674,20 @@ def _code_ranges(elf: ELFFile | None, info: ElfInfo) -> tuple[list[tuple[int, in
     return [(s.vaddr, s.offset, s.filesz) for s in info.exec_segments], False
 
 
-# Analysis results keyed by file identity: one process analysing many programs (tests, a
+# Analysis results keyed by file content: one process analysing many programs (tests, a
 # future `kbox run --syscall-mode=auto` per execve) reuses its libc and ld.so results.
-_OBJECT_CACHE: dict[tuple[int, int, int, int], ObjectReport] = {}
+# Not keyed by inode+mtime: timestamps are jiffy-coarse and inodes are reused, so a file
+# rewritten in place could be mistaken for its predecessor.
+_OBJECT_CACHE: dict[bytes, ObjectReport] = {}
 
 
 def analyze_object(path: str, role: str, info: ElfInfo | None = None) -> ObjectReport:
     """Sites of one ELF file. The result may be shared with other callers: treat as read-only."""
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with open(path, "rb") as fh:
+        key = hashlib.blake2b(fh.read(), digest_size=20).digest()
     cached = _OBJECT_CACHE.get(key)
     if cached is not None:
-        return replace(cached, path=path, role=role)
+        return replace(cached, path=path, role=role, info=info or cached.info)
     rep = _analyze_object(path, role, info or parse_elf(path))
     if len(_OBJECT_CACHE) > 64:
         _OBJECT_CACHE.clear()
