@@ -36,3 +36,50 @@ int kbox_status_to_exit(int wstatus)
         return KBOX_EXIT_INTERNAL;        /* stopped: not a final status */
     return 128 + sig;                     /* killed by a signal */
 }
+
+#include <linux/signal.h>
+#include <linux/wait.h>
+
+#ifndef SA_RESTORER
+#define SA_RESTORER 0x04000000
+#endif
+
+struct monitor_sigaction {
+    uint64_t handler, flags, restorer, mask;
+};
+
+void kbox_sigreturn(void);
+static volatile int monitored_child;
+
+static void forward_signal(int sig)
+{
+    if (monitored_child > 0)
+        KSYS2(__NR_kill, monitored_child, sig);
+}
+
+void kbox_monitor_ignore_terminal_signals(int child)
+{
+    monitored_child = child;
+    struct monitor_sigaction ign = { (uint64_t)(uintptr_t)SIG_IGN, 0, 0, 0 };
+    struct monitor_sigaction fwd = { (uint64_t)(uintptr_t)forward_signal, SA_RESTORER | SA_RESTART,
+                                     (uint64_t)(uintptr_t)kbox_sigreturn, 0 };
+    KSYS4(__NR_rt_sigaction, SIGINT, &ign, NULL, 8);
+    KSYS4(__NR_rt_sigaction, SIGQUIT, &ign, NULL, 8);
+    KSYS4(__NR_rt_sigaction, SIGTERM, &fwd, NULL, 8);
+    KSYS4(__NR_rt_sigaction, SIGHUP, &fwd, NULL, 8);
+}
+
+int kbox_monitor_children(int child)
+{
+    kbox_monitor_ignore_terminal_signals(child);
+    int main_status = 0;
+    for (;;) {
+        int status;
+        long w = KSYS4(__NR_wait4, -1, &status, __WALL, NULL);
+        if (w == child)
+            main_status = status;
+        if (w == -10 /* ECHILD */)
+            break;
+    }
+    return kbox_status_to_exit(main_status);
+}

@@ -37,6 +37,11 @@ int kbox_trap_run(struct kbox_launch *L);
  * the loader); does not return on success. */
 int kbox_plain_run(struct kbox_launch *L);
 
+/* Waits until every process of the run is gone (the caller is a child subreaper) while
+ * forwarding SIGTERM/SIGHUP to `child` and ignoring the terminal's SIGINT/SIGQUIT (they
+ * reach the guest directly); returns the shell-style status of `child`. */
+int kbox_monitor_children(int child);
+void kbox_monitor_ignore_terminal_signals(int child);
 /* Prints "kbox: <msg>\n" to stderr. */
 void kbox_err(const char *a, const char *b, const char *c);
 /* strerror for the errnos the launcher reports. */

@@ -158,6 +158,7 @@ int kbox_seccomp_run(struct kbox_launch *L)
     if (child == 0)
         child_exec(L, slot, &orig);
 
+    kbox_monitor_ignore_terminal_signals((int)child);
     int listener = attach_listener((int)child, slot);
     if (listener <= -1000)
         return -(listener + 1000);

@@ -1,0 +1,676 @@
+/* The trap tier: the interposer lives inside the guest process.
+ *
+ * The launcher loads the guest's ELF into its own process, installs a SIGSYS handler and a
+ * seccomp filter that traps every syscall whose instruction pointer is outside the
+ * runtime's gate (lib/sys.h), and jumps to the guest's entry point.  Each trapped syscall
+ * arrives here as SIGSYS; the handler asks the dispatcher and runs the call itself through
+ * the gate.  (With --trap-backend sud, Syscall User Dispatch raises the same SIGSYS.)
+ *
+ * What needs care, and why:
+ * - clone with CLONE_VM and a new stack (threads, posix_spawn): the child must not return
+ *   into this handler, whose frame lives on the parent's stack.  It gets its own copy of
+ *   the signal frame on its new stack and rt_sigreturns from the gate straight into the
+ *   guest (kbox_clone_gate, arch/<arch>/sigframe.c).  fork-like clones just return
+ *   through their own copy of the handler.  vfork (CLONE_VM without a new stack) runs
+ *   without CLONE_VM: the child would otherwise run on, and overwrite, the very stack that
+ *   holds the parent's handler frame.  CLONE_VFORK's suspension of the parent is kept.
+ * - execve: a SIGSYS handler does not survive exec, so the new program is started through
+ *   the launcher again (--relaunch); the filter does survive, and it still matches the
+ *   launcher's gate because the launcher is linked at a fixed address.  Everything that
+ *   would make the kernel's execve fail is checked first, so the caller still gets the
+ *   right errno (shells try each PATH entry in turn).
+ * - the guest may neither block SIGSYS nor replace this handler (a blocked SIGSYS from
+ *   seccomp kills the process): SIGSYS is removed from every mask it installs, and its
+ *   SIGSYS disposition is kept virtually and honoured for SIGSYS not caused by a trap.
+ * - the runtime's own descriptors (trace output, shared state) survive close/close_range
+ *   of the guest.
+ */
+#include "tiers/trap.h"
+#include "tiers/launch.h"
+#include "core/bpf.h"
+#include "core/mem.h"
+#include "core/policy.h"
+#include "loader/loader.h"
+#include "lib/buf.h"
+#include "lib/str.h"
+#include "lib/sys.h"
+#include <linux/fcntl.h>
+#include <linux/stat.h>
+#include <asm/stat.h>
+#include <linux/filter.h>
+#include <linux/mman.h>
+#include <linux/prctl.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <linux/signal.h>
+#include <linux/wait.h>
+
+#define EPERM_ 1
+#define ENOENT_ 2
+#define EINTR_ 4
+#define E2BIG_ 7
+#define EBADF_ 9
+#define ECHILD_ 10
+#define ENOMEM_ 12
+#define EFAULT_ 14
+#define EINVAL_ 22
+#define ENAMETOOLONG_ 36
+#define EACCES_CODE 13
+#define ELIBBAD_CODE 80
+
+#ifndef SA_RESTORER
+#define SA_RESTORER 0x04000000
+#endif
+
+#define SYS_SECCOMP_CODE 1        /* si_code of a SECCOMP_RET_TRAP SIGSYS */
+#define SYS_USER_DISPATCH_CODE 2  /* si_code of a Syscall User Dispatch SIGSYS */
+
+#ifndef PR_SET_SYSCALL_USER_DISPATCH
+#define PR_SET_SYSCALL_USER_DISPATCH 59
+#endif
+#define PR_SYS_DISPATCH_ON 1
+#define SYSCALL_DISPATCH_FILTER_BLOCK 1
+
+#define SIGSYS_BIT (1ULL << (SIGSYS - 1))
+
+struct ksigaction {
+    uint64_t handler;
+    uint64_t flags;
+    uint64_t restorer;
+    uint64_t mask;
+};
+
+/* Per-process runtime state.  Written before the guest starts (and by the guest's
+ * rt_sigaction for SIGSYS, atomically enough for a single word per field); threads share
+ * it, fork copies it, exec rebuilds it. */
+static struct {
+    struct kbox_policy *policy;
+    struct kbox_mem self_mem;
+    const struct kbox_launch *launch;
+    char guest_exe[4096];
+    struct ksigaction guest_sigsys;   /* the guest's own view of SIGSYS */
+    int reserved_fd[2];
+    volatile uint8_t sud_selector;
+} rt;
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static bool is_reserved_fd(long fd)
+{
+    return fd >= 0 && (fd == rt.reserved_fd[0] || fd == rt.reserved_fd[1]);
+}
+
+static int64_t run(long nr, const uint64_t *a)
+{
+    return kbox_syscall6(nr, (long)a[0], (long)a[1], (long)a[2], (long)a[3], (long)a[4], (long)a[5]);
+}
+
+/* Copies the guest's sigset at `addr` to `tmp` without SIGSYS; returns the address to pass
+ * the kernel instead (the original if SIGSYS was not in it, or it was unreadable). */
+static uint64_t strip_sigsys(uint64_t addr, uint64_t *tmp)
+{
+    if (!addr)
+        return addr;
+    if (rt.self_mem.read(&rt.self_mem, addr, tmp, sizeof(*tmp)) != sizeof(*tmp))
+        return addr; /* the kernel will report EFAULT itself */
+    if (!(*tmp & SIGSYS_BIT))
+        return addr;
+    *tmp &= ~SIGSYS_BIT;
+    return (uint64_t)(uintptr_t)tmp;
+}
+
+/* ---- SIGSYS that is not ours ------------------------------------------------------------ */
+
+static void deliver_guest_sigsys(int sig, siginfo_t *si, kbox_ucontext_t *uc)
+{
+    struct ksigaction g = rt.guest_sigsys;
+    if (g.handler == (uint64_t)(uintptr_t)SIG_IGN)
+        return;
+    if (g.handler == (uint64_t)(uintptr_t)SIG_DFL) {
+        /* Default action: die of SIGSYS, as the program would have. */
+        struct ksigaction dfl = { (uint64_t)(uintptr_t)SIG_DFL, 0, 0, 0 };
+        KSYS4(__NR_rt_sigaction, SIGSYS, &dfl, NULL, 8);
+        KSYS3(__NR_tgkill, kbox_getpid(), kbox_gettid(), SIGSYS);
+        return;
+    }
+    if (g.flags & SA_RESETHAND)
+        rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
+    if (g.flags & SA_SIGINFO)
+        ((void (*)(int, siginfo_t *, void *))(uintptr_t)g.handler)(sig, si, uc);
+    else
+        ((void (*)(int))(uintptr_t)g.handler)(sig);
+}
+
+/* ---- clone ------------------------------------------------------------------------------ */
+
+static int64_t run_clone(const struct kbox_req *req, const uint64_t *args, const siginfo_t *si,
+                         kbox_ucontext_t *uc)
+{
+    long nr = req->nr;
+    uint64_t a[6];
+    memcpy(a, args, sizeof(a));
+    uint64_t flags = 0, newsp = 0;
+    struct clone_args ca;
+
+    if (nr == __NR_clone) {
+        flags = a[0];
+        newsp = a[1];
+    } else if (nr == __NR_clone3) {
+        size_t size = a[1] < sizeof(ca) ? (size_t)a[1] : sizeof(ca);
+        memset(&ca, 0, sizeof(ca));
+        if (size < 64 || rt.self_mem.read(&rt.self_mem, a[0], &ca, size) != (long)size)
+            return a[1] < 64 ? -EINVAL_ : -EFAULT_;
+        flags = ca.flags;
+        newsp = ca.stack ? ca.stack + ca.stack_size : 0;
+    }
+#ifdef __NR_vfork
+    else if (nr == __NR_vfork) {
+        nr = __NR_clone;
+        flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+        memset(a, 0, sizeof(a));
+        a[0] = flags;
+    }
+#endif
+
+    uint64_t child_frame = 0;
+    if (flags & CLONE_VM) {
+        if (!newsp) {
+            if (!(flags & CLONE_VFORK))
+                return -EINVAL_; /* two threads on one stack: not supported in-process */
+            flags &= ~(uint64_t)CLONE_VM;
+            if (nr == __NR_clone3) {
+                ca.flags = flags;
+                a[0] = (uint64_t)(uintptr_t)&ca;
+                a[1] = sizeof(ca);
+            } else {
+                a[0] = flags;
+            }
+        } else {
+            child_frame = kbox_arch_child_frame(si, uc, newsp, (flags & CLONE_VFORK) != 0);
+        }
+    }
+    return kbox_clone_gate(nr, (long)a[0], (long)a[1], (long)a[2], (long)a[3], (long)a[4], child_frame);
+}
+
+/* ---- execve ----------------------------------------------------------------------------- */
+
+/* What the kernel's execve would say about `path` before it replaces the image; 0 if the
+ * program would start.  Mirrors the loader's checks without mapping anything. */
+static int exec_precheck(const char *path, int depth)
+{
+    if (depth > 4)
+        return -40; /* ELOOP */
+    long r = KSYS4(__NR_faccessat, -100, path, 1 /* X_OK */, 0);
+    if (r < 0)
+        return (int)r;
+    long fd = kbox_openat(-100, path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return (int)fd;
+    /* Map the whole file (nothing is read until touched): the ELF checks compare offsets
+     * against the real file size. */
+    struct stat st;
+    long r2 = KSYS2(__NR_fstat, fd, &st);
+    if (r2 < 0 || (st.st_mode & S_IFMT) != S_IFREG) {
+        kbox_close((int)fd);
+        return r2 < 0 ? (int)r2 : -EACCES_CODE;
+    }
+    size_t size = (size_t)st.st_size;
+    if (size == 0) {
+        kbox_close((int)fd);
+        return -8; /* ENOEXEC */
+    }
+    long m = kbox_mmap(NULL, size, PROT_READ, MAP_PRIVATE, (int)fd, 0);
+    kbox_close((int)fd);
+    if (kbox_is_err(m))
+        return (int)m;
+    const char *buf = (const char *)m;
+    long n = (long)size;
+    int rc = 0;
+    if (n >= 2 && buf[0] == '#' && buf[1] == '!') {
+        char interp[256];
+        long i = 2, j = 0;
+        while (i < n && (buf[i] == ' ' || buf[i] == '\t'))
+            i++;
+        while (i < n && j < (long)sizeof(interp) - 1 && buf[i] != ' ' && buf[i] != '\t' &&
+               buf[i] != '\n' && buf[i] != 0)
+            interp[j++] = buf[i++];
+        interp[j] = 0;
+        rc = j ? exec_precheck(interp, depth + 1) : -8; /* ENOEXEC */
+    } else {
+        struct kbox_elf_info info;
+        char msg[256];
+        struct kbox_buf err;
+        kbox_buf_init(&err, msg, sizeof(msg));
+        rc = kbox_elf_check(buf, size, &info, &err);
+        if (rc == 0 && info.is_dynamic && info.interp[0]) {
+            rc = (int)KSYS4(__NR_faccessat, -100, info.interp, 1, 0);
+            if (rc == -EACCES_CODE)
+                rc = -ELIBBAD_CODE;
+        }
+    }
+    kbox_munmap((void *)buf, size);
+    return rc;
+}
+
+static int64_t run_execve(const struct kbox_req *req, const uint64_t *a)
+{
+    /* "--exec-path=" followed by the path: the launcher option is built in place. */
+    static const char opt[] = "--exec-path=";
+    char optbuf[sizeof(opt) - 1 + 4096];
+    char *path = optbuf + sizeof(opt) - 1;
+    memcpy(optbuf, opt, sizeof(opt) - 1);
+    uint64_t argv_addr, envp_addr;
+    long n;
+    if (req->nr == __NR_execve) {
+        n = kbox_mem_read_str(&rt.self_mem, a[0], path, 4096);
+        argv_addr = a[1];
+        envp_addr = a[2];
+    } else { /* execveat(dirfd, path, argv, envp, flags) */
+        char rel[4096];
+        n = kbox_mem_read_str(&rt.self_mem, a[1], rel, sizeof(rel));
+        argv_addr = a[2];
+        envp_addr = a[3];
+        if (n >= 0) {
+            struct kbox_buf b;
+            kbox_buf_init(&b, path, 4096);
+            int dirfd = (int)a[0];
+            if (rel[0] == '/' ) {
+                kbox_buf_puts(&b, rel);
+            } else if (rel[0] == 0 && (a[4] & AT_EMPTY_PATH)) {
+                kbox_buf_puts(&b, "/proc/self/fd/");
+                kbox_buf_dec(&b, dirfd);
+            } else if (dirfd == AT_FDCWD) {
+                kbox_buf_puts(&b, rel);
+            } else {
+                kbox_buf_puts(&b, "/proc/self/fd/");
+                kbox_buf_dec(&b, dirfd);
+                kbox_buf_putc(&b, '/');
+                kbox_buf_puts(&b, rel);
+            }
+            if (b.truncated)
+                return -ENAMETOOLONG_;
+            n = (long)b.len;
+        }
+    }
+    if (n < 0)
+        return n;
+    if (n == 0)
+        return -ENOENT_;
+    if (kbox_strcmp(path, "/proc/self/exe") == 0)
+        memcpy(path, rt.guest_exe, kbox_strlen(rt.guest_exe) + 1);
+
+    int rc = exec_precheck(path, 0);
+    if (rc < 0)
+        return rc;
+
+    /* Count the guest's argv (reading through the safe accessor: it is guest memory). */
+    long argc = 0;
+    for (;; argc++) {
+        uint64_t p;
+        if (!argv_addr)
+            break;
+        if (rt.self_mem.read(&rt.self_mem, argv_addr + 8 * (uint64_t)argc, &p, 8) != 8)
+            return -EFAULT_;
+        if (!p)
+            break;
+        if (argc > 1 << 20)
+            return -E2BIG_;
+    }
+    const struct kbox_launch *L = rt.launch;
+    size_t slots = (size_t)L->n_launcher_opts + (size_t)argc + 8;
+    size_t bytes = (slots * sizeof(char *) + 4095) & ~(size_t)4095;
+    long m = kbox_mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (kbox_is_err(m))
+        return -ENOMEM_;
+    char **nargv = (char **)m;
+    size_t k = 0;
+    nargv[k++] = (char *)L->self_path;
+    for (int i = 0; i < L->n_launcher_opts; i++)
+        nargv[k++] = L->launcher_opts[i];
+    nargv[k++] = "--relaunch";
+    nargv[k++] = optbuf;
+    nargv[k++] = "--";
+    if (argc == 0)
+        nargv[k++] = path; /* execve with an empty argv: give the program its path */
+    for (long i = 0; i < argc; i++)
+        nargv[k++] = *(char **)(uintptr_t)(argv_addr + 8 * (uint64_t)i);
+    nargv[k] = NULL;
+    long r = KSYS3(__NR_execve, L->self_path, nargv, envp_addr);
+    kbox_munmap(nargv, bytes);
+    return r;
+}
+
+/* ---- the runtime's own adjustments -------------------------------------------------------- */
+
+/* Returns true if the call was fully emulated (result in *ret). */
+static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, int64_t *ret)
+{
+    uint64_t *a = ans->args;
+    switch (req->nr) {
+    case __NR_rt_sigaction:
+        if ((int)a[0] == SIGSYS) {
+            struct ksigaction old = rt.guest_sigsys, nw;
+            if (a[1]) {
+                if (rt.self_mem.read(&rt.self_mem, a[1], &nw, sizeof(nw)) != sizeof(nw)) {
+                    *ret = -EFAULT_;
+                    return true;
+                }
+            }
+            if (a[2] && rt.self_mem.write(&rt.self_mem, a[2], &old, sizeof(old)) != sizeof(old)) {
+                *ret = -EFAULT_;
+                return true;
+            }
+            if (a[1])
+                rt.guest_sigsys = nw;
+            *ret = 0;
+            return true;
+        }
+        if (a[1]) {
+            struct ksigaction *act = (struct ksigaction *)(uintptr_t)&ans->scratch[0];
+            if (rt.self_mem.read(&rt.self_mem, a[1], act, sizeof(*act)) == sizeof(*act) &&
+                (act->mask & SIGSYS_BIT)) {
+                act->mask &= ~SIGSYS_BIT;
+                a[1] = (uint64_t)(uintptr_t)act;
+            }
+        }
+        return false;
+    case __NR_rt_sigprocmask:
+        a[1] = strip_sigsys(a[1], &ans->scratch[0]);
+        return false;
+    case __NR_rt_sigsuspend:
+        a[0] = strip_sigsys(a[0], &ans->scratch[0]);
+        return false;
+    case __NR_ppoll:
+    case __NR_epoll_pwait:
+#ifdef __NR_epoll_pwait2
+    case __NR_epoll_pwait2:
+#endif
+        a[req->nr == __NR_ppoll ? 3 : 4] = strip_sigsys(a[req->nr == __NR_ppoll ? 3 : 4], &ans->scratch[0]);
+        return false;
+    case __NR_pselect6: {
+        /* The 6th argument points at { const sigset_t *ss; size_t ss_len; }. */
+        uint64_t pair[2];
+        if (a[5] && rt.self_mem.read(&rt.self_mem, a[5], pair, sizeof(pair)) == sizeof(pair)) {
+            uint64_t s = strip_sigsys(pair[0], &ans->scratch[0]);
+            if (s != pair[0]) {
+                ans->scratch[2] = s;
+                ans->scratch[3] = pair[1];
+                a[5] = (uint64_t)(uintptr_t)&ans->scratch[2];
+            }
+        }
+        return false;
+    }
+    case __NR_close:
+        if (is_reserved_fd((long)a[0])) {
+            *ret = 0; /* the guest thinks it closed it; the runtime keeps it */
+            return true;
+        }
+        return false;
+    case __NR_dup3:
+#ifdef __NR_dup2
+    case __NR_dup2:
+#endif
+        if (is_reserved_fd((long)a[1])) {
+            *ret = -EBADF_;
+            return true;
+        }
+        return false;
+    case __NR_close_range: {
+        /* Close around the runtime's descriptors. */
+        unsigned lo = (unsigned)a[0], hi = (unsigned)a[1];
+        int64_t r = 0;
+        for (;;) {
+            unsigned cut = hi;
+            for (int i = 0; i < 2; i++)
+                if (rt.reserved_fd[i] >= 0 && (unsigned)rt.reserved_fd[i] >= lo &&
+                    (unsigned)rt.reserved_fd[i] <= cut)
+                    cut = (unsigned)rt.reserved_fd[i];
+            if (!is_reserved_fd(cut) || cut > hi) {
+                r = KSYS3(__NR_close_range, lo, hi, a[2]);
+                break;
+            }
+            if (cut > lo)
+                r = KSYS3(__NR_close_range, lo, cut - 1, a[2]);
+            if (r < 0 || cut == hi || cut == ~0u)
+                break;
+            lo = cut + 1;
+        }
+        *ret = r;
+        return true;
+    }
+    case __NR_readlinkat:
+#ifdef __NR_readlink
+    case __NR_readlink:
+#endif
+    {
+        /* /proc/self/exe names the launcher; the guest expects its own program. */
+        int pi = req->nr == __NR_readlinkat ? 1 : 0;
+        char p[32];
+        long n = kbox_mem_read_str(&rt.self_mem, a[pi], p, sizeof(p));
+        if (n > 0 && kbox_strcmp(p, "/proc/self/exe") == 0) {
+            size_t len = kbox_strlen(rt.guest_exe), cap = (size_t)a[pi + 2];
+            if (len > cap)
+                len = cap;
+            if (rt.self_mem.write(&rt.self_mem, a[pi + 1], rt.guest_exe, len) != (long)len) {
+                *ret = -EFAULT_;
+            } else {
+                *ret = (int64_t)len;
+            }
+            return true;
+        }
+        return false;
+    }
+    default:
+        return false;
+    }
+}
+
+/* ---- the handler -------------------------------------------------------------------------- */
+
+void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t *uc)
+{
+    const struct kbox_policy *p = rt.policy;
+    struct kbox_answer ans;
+    int64_t ret;
+
+    if (p->trace || p->virtual_pid) {
+        req->pid = (int)kbox_getpid();
+        req->tid = (int)kbox_gettid();
+    }
+    kbox_dispatch_enter(p, req, &ans);
+    if (ans.verdict != KBOX_RUN) {
+        ret = ans.verdict == KBOX_RETURN ? ans.value : -ans.value;
+        kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN));
+        return;
+    }
+
+    switch (req->nr) {
+    case __NR_rt_sigreturn:
+        /* Replay the guest's sigreturn from the gate, on the guest's stack pointer, once
+         * this handler's own frame is gone. */
+        if (p->trace)
+            kbox_dispatch_trace(p, req, 0, KBOX_RET_NONE);
+        kbox_uc_set_pc(uc, (uint64_t)(uintptr_t)kbox_sigreturn);
+        return;
+    case __NR_exit:
+    case __NR_exit_group:
+        if (p->trace)
+            kbox_dispatch_trace(p, req, 0, KBOX_RET_NONE);
+        run(req->nr, ans.args);
+        return;
+    case __NR_execve:
+    case __NR_execveat:
+        ret = run_execve(req, ans.args);
+        break;
+    case __NR_clone:
+    case __NR_clone3:
+#ifdef __NR_fork
+    case __NR_fork:
+#endif
+#ifdef __NR_vfork
+    case __NR_vfork:
+#endif
+        ret = run_clone(req, ans.args, si, uc);
+        if (ret == 0) {
+            /* The child of a fork-like clone: fix what the dispatcher must, trace nothing
+             * (the parent's line reports the call, as strace does). */
+            struct kbox_policy quiet = *p;
+            quiet.trace = false;
+            if (quiet.virtual_pid)
+                req->tid = req->pid = (int)kbox_gettid();
+            kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(&quiet, req, &ans, 0, KBOX_RET_KNOWN));
+            return;
+        }
+        break;
+    default:
+        if (!runtime_fixup(req, &ans, &ret))
+            ret = run(req->nr, ans.args);
+        break;
+    }
+    kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN));
+}
+
+static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
+{
+    kbox_ucontext_t *uc = ctx;
+    if (si->si_code != SYS_SECCOMP_CODE && si->si_code != SYS_USER_DISPATCH_CODE) {
+        deliver_guest_sigsys(sig, si, uc);
+        return;
+    }
+    struct kbox_req req;
+    req.nr = si->si_syscall;
+    for (int i = 0; i < 6; i++)
+        req.args[i] = kbox_uc_arg(uc, i);
+    req.ip = kbox_uc_pc(uc);
+    req.tier = KBOX_TIER_TRAP;
+    req.path = KBOX_PATH_TRAPPED;
+    req.pid = req.tid = 0;
+    req.mem = &rt.self_mem;
+    kbox_trap_serve(&req, si, uc);
+}
+
+/* ---- installing the runtime ----------------------------------------------------------------- */
+
+static int install_handler(void)
+{
+    struct ksigaction act = {
+        .handler = (uint64_t)(uintptr_t)sigsys_handler,
+        /* SA_NODEFER: a guest SIGSYS handler we call may itself make syscalls, and a
+         * blocked SIGSYS from seccomp would kill the process. */
+        .flags = SA_SIGINFO | SA_RESTORER | SA_NODEFER,
+        .restorer = (uint64_t)(uintptr_t)kbox_sigreturn,
+        .mask = 0,
+    };
+    long r = KSYS4(__NR_rt_sigaction, SIGSYS, &act, NULL, 8);
+    if (r < 0)
+        return (int)r;
+    uint64_t unblock = SIGSYS_BIT;
+    return (int)KSYS4(__NR_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, 8);
+}
+
+static int install_trap_source(const struct kbox_launch *L)
+{
+    uint64_t lo = (uint64_t)(uintptr_t)__start_kbox_gate, hi = (uint64_t)(uintptr_t)__stop_kbox_gate;
+    if (L->trap_backend == KBOX_TRAP_SUD) {
+        rt.sud_selector = SYSCALL_DISPATCH_FILTER_BLOCK;
+        long r = KSYS5(__NR_prctl, PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, lo, hi - lo,
+                       &rt.sud_selector);
+        if (r < 0) {
+            kbox_err("Syscall User Dispatch is not available on this kernel (",
+                     kbox_strerror((int)-r), "); use --trap-backend seccomp");
+            return (int)r;
+        }
+        return 0;
+    }
+    if (L->relaunch)
+        return 0; /* the filter survived execve and still matches our fixed-address gate */
+    struct sock_filter prog[KBOX_BPF_MAX];
+    int n = kbox_bpf_trap_outside_gate(prog, KBOX_BPF_MAX, lo, hi);
+    if (n < 0)
+        return n;
+    struct sock_fprog fprog = { (unsigned short)n, prog };
+    long r = KSYS5(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    if (r == 0)
+        r = KSYS3(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog);
+    if (r < 0)
+        kbox_err("cannot install the seccomp filter: ", kbox_strerror((int)-r), NULL);
+    return (int)r;
+}
+
+/* Loads the program into this process, arms the runtime and enters the guest. */
+static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
+{
+    char msg[512];
+    struct kbox_buf err;
+    kbox_buf_init(&err, msg, sizeof(msg));
+    struct kbox_loaded img;
+    int rc = kbox_load_program(L->path, L->argv, L->envp, L->auxv, &img, &err);
+    if (rc < 0) {
+        kbox_err(msg, NULL, NULL);
+        kbox_exit_group(rc == -ENOENT_ ? KBOX_EXIT_NOT_FOUND : KBOX_EXIT_CANNOT_EXEC);
+    }
+    rt.policy = L->policy;
+    rt.launch = L;
+    kbox_mem_init_self(&rt.self_mem);
+    rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
+    rt.reserved_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
+    rt.reserved_fd[1] = L->shared_fd;
+    {
+        struct kbox_buf g;
+        kbox_buf_init(&g, rt.guest_exe, sizeof(rt.guest_exe));
+        kbox_buf_puts(&g, img.exe_path ? img.exe_path : L->path);
+    }
+    if (install_handler() < 0 || install_trap_source(L) < 0)
+        kbox_exit_group(KBOX_EXIT_INTERNAL);
+
+    if (L->policy->trace) {
+        /* strace's first line: the execve that started this image, which succeeded. */
+        struct kbox_req req = {
+            .nr = __NR_execve,
+            .args = { (uint64_t)(uintptr_t)L->path, (uint64_t)(uintptr_t)L->argv,
+                      (uint64_t)(uintptr_t)L->envp },
+            .tier = KBOX_TIER_TRAP,
+            .path = KBOX_PATH_TRAPPED,
+            .pid = (int)kbox_getpid(),
+            .tid = (int)kbox_gettid(),
+            .mem = &rt.self_mem,
+        };
+        kbox_dispatch_trace(L->policy, &req, 0, KBOX_RET_KNOWN);
+    }
+    kbox_enter_guest(img.entry, img.sp);
+}
+
+int kbox_plain_run(struct kbox_launch *L)
+{
+    char msg[512];
+    struct kbox_buf err;
+    kbox_buf_init(&err, msg, sizeof(msg));
+    struct kbox_loaded img;
+    int rc = kbox_load_program(L->path, L->argv, L->envp, L->auxv, &img, &err);
+    if (rc < 0) {
+        kbox_err(msg, NULL, NULL);
+        return rc == -ENOENT_ ? KBOX_EXIT_NOT_FOUND : KBOX_EXIT_CANNOT_EXEC;
+    }
+    kbox_enter_guest(img.entry, img.sp);
+}
+
+int kbox_trap_run(struct kbox_launch *L)
+{
+    if (L->relaunch)
+        become_guest(L);
+
+    uint64_t block = (1ULL << (SIGCHLD - 1)), orig;
+    KSYS4(__NR_rt_sigprocmask, SIG_BLOCK, &block, &orig, 8);
+    KSYS2(__NR_prctl, PR_SET_CHILD_SUBREAPER, 1);
+    long child = KSYS5(__NR_clone, SIGCHLD, 0, NULL, NULL, 0);
+    if (child < 0) {
+        kbox_err("fork failed: ", kbox_strerror((int)-child), NULL);
+        return KBOX_EXIT_INTERNAL;
+    }
+    if (child == 0) {
+        KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &orig, NULL, 8);
+        KSYS2(__NR_prctl, PR_SET_PDEATHSIG, SIGKILL);
+        become_guest(L);
+    }
+    return kbox_monitor_children((int)child);
+}

@@ -1,0 +1,22 @@
+/* The in-process runtime shared by the trap tier (and, later, the rewrite tier). */
+#ifndef KBOX_TIERS_TRAP_H
+#define KBOX_TIERS_TRAP_H
+
+#include "arch.h"
+#include "core/request.h"
+
+/* Serves one intercepted syscall described by `req`, with the interrupted context `uc`
+ * (whose result register receives the outcome).  `si` is the SIGSYS siginfo, whose frame
+ * a CLONE_VM child copies. */
+void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t *uc);
+
+/* Builds a sigreturn frame for a CLONE_VM child below newsp (arch/<arch>/sigframe.c). */
+uint64_t kbox_arch_child_frame(const void *si, const kbox_ucontext_t *uc, uint64_t newsp,
+                               bool keep_altstack);
+
+/* Gate entry points (arch/<arch>/gate.S). */
+void kbox_sigreturn(void);
+long kbox_clone_gate(long nr, long a1, long a2, long a3, long a4, long a5, uint64_t child_frame);
+__attribute__((noreturn)) void kbox_enter_guest(uint64_t entry, uint64_t sp);
+
+#endif
