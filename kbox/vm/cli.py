@@ -151,6 +151,8 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
                 print(f"kbox: {vm.name} ready in {vm.boot_seconds:.2f} s "
                       f"(ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
             res = vm.run(shlex.join(command), timeout=args.timeout, **stream_sinks())
+            # An initramfs guest has no state worth a clean poweroff: kill saves ~0.5 s.
+            vm.kill()
     except VMError as exc:
         raise _vm_error(exc) from exc
     if args.verbose:

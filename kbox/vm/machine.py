@@ -465,7 +465,11 @@ class VM:
             try:
                 # Initramfs guests have nothing to sync; `poweroff -f` is the reboot(2)
                 # syscall, after which QEMU exits (-no-reboot).
-                sshmod.run(self._client, "poweroff -f >/dev/null 2>&1 &", timeout=3.0)
+                # Detached and delayed, so the session closes cleanly before dropbear dies.
+                sshmod.run(self._client, "setsid sh -c 'sleep 0.2; poweroff -f' "
+                           "</dev/null >/dev/null 2>&1 &", timeout=3.0)
+                self._client.close()
+                self._client = None
             except Exception:  # noqa: BLE001 - best effort; kill() follows regardless
                 pass
         assert self._proc is not None

@@ -7,6 +7,7 @@ timeout and raise `ChannelTimeout` when it passes; the VM object adds the consol
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import socket
@@ -18,6 +19,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import paramiko
+
+
+# paramiko logs transport errors (e.g. "Socket exception: Connection reset by peer" when a
+# guest powers off under an open session) through logging's last-resort stderr handler;
+# the VM object reports what matters itself, so keep that noise out of command output.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SSHError(Exception):
