@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -56,7 +57,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import capstone
@@ -64,7 +65,6 @@ from elftools.elf.elffile import ELFFile
 
 from kbox.elfinfo import (
     ElfInfo,
-    TRIPLETS,
     host_machine,
     inspect,
     parse_elf,
@@ -368,7 +368,7 @@ def decide_mode(report: Report, caps: KernelCaps) -> tuple[str, str]:
 # Disassembly
 # ---------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _cs(machine: str) -> capstone.Cs:
     # Capstone handles are costly to create; detail mode off because disasm_lite ignores it.
     if machine == "x86_64":
@@ -380,7 +380,7 @@ def _cs(machine: str) -> capstone.Cs:
 
 _X86_CAND = re.compile(rb"\x0f[\x05\x34]|\xcd\x80")
 # svc #imm: 0xd4000001 | imm16 << 5, little-endian.
-_A64_CAND = re.compile(rb"[\x01\x21\x41\x61\x81\xa1\xc1\xe1].[\x00-\x1f]\xd4", re.S)
+_A64_CAND = re.compile(rb"[\x01\x21\x41\x61\x81\xa1\xc1\xe1].[\x00-\x1f]\xd4", re.DOTALL)
 
 _X86_RAX = {"rax", "eax", "ax", "al", "ah"}
 _X86_IMPLICIT_RAX = {
@@ -405,7 +405,9 @@ def _imm(text: str) -> int | None:
 
 def _split_ops(op: str) -> list[str]:
     # Operands are comma-separated; commas also occur inside [] (aarch64 memory operands).
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in op:
         if ch in "[{":
             depth += 1
@@ -482,7 +484,7 @@ def _a64_nr(insns: list[Insn], idx: int, targets: set[int]) -> tuple[int | None,
 def _x86_is_wrapper(insns: list[Insn], idx: int, setter: int | None, targets: set[int]) -> bool:
     if setter != idx - 1 or insns[idx][0] in targets:
         return False
-    _, size, mn, op = insns[setter]
+    _, size, mn, _op = insns[setter]
     # b8 imm32 (5 bytes) or 48 c7 c0 imm32 (7): with the 2-byte syscall, room for a jmp rel32.
     if mn != "mov" or size not in (5, 7):
         return False
@@ -516,7 +518,7 @@ def _branch_targets(insns: list[Insn], machine: str) -> set[int]:
     out: set[int] = set()
     for _, _, mn, op in insns:
         if machine == "x86_64":
-            if mn.startswith("j") or mn.startswith("loop"):
+            if mn.startswith(("j", "loop")):
                 v = _imm(op)
                 if v is not None:
                     out.add(v)
@@ -541,7 +543,7 @@ def _sweep(md: capstone.Cs, buf: memoryview, base: int, limit: int, step: int) -
         if end >= limit:
             break
         # disasm_lite stopped at an undecodable byte: skip it and resynchronise.
-        off = (end if end > off else off) + step
+        off = (max(off, end)) + step
         resyncs += 1
     return out, resyncs
 
@@ -736,7 +738,7 @@ def _analyze_object(path: str, role: str, info: ElfInfo) -> ObjectReport:
         inside = sorted(p for p in hard | soft if vaddr < p < vaddr + size)
         rep.boundaries += len(inside)
         cuts = [vaddr, *inside, vaddr + size]
-        for k, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        for k, (start, end) in enumerate(itertools.pairwise(cuts)):
             if start in syms.data_starts:
                 continue                            # aarch64 literal pool / jump table
             if syms.full and not _is_code(start, syms, fde_set):
@@ -793,7 +795,7 @@ def _is_code(addr: int, syms: _Symbols, fde: set[int]) -> bool:
 
 def _resync_before(insns: list[Insn], point: int) -> bool:
     """Did the sweep skip bytes before `point` (a gap between consecutive instructions)?"""
-    for a, b in zip(insns, insns[1:]):
+    for a, b in itertools.pairwise(insns):
         if b[0] >= point:
             return False
         if a[0] + a[1] != b[0]:
@@ -944,8 +946,8 @@ def analyze(path: str, *, caps: KernelCaps | None = None, display: str | None = 
 def format_text(report: Report, all_sites: bool = False) -> str:
     i = report.info
     lines = [f"program:       {report.program}"]
-    for s in i.scripts:
-        lines.append(f"  #! script:   {s.script} -> {s.interpreter}{' ' + s.arg if s.arg else ''}")
+    for bang in i.scripts:
+        lines.append(f"  #! script:   {bang.script} -> {bang.interpreter}{' ' + bang.arg if bang.arg else ''}")
     lines.append(f"architecture:  {i.machine} ({i.elfclass}-bit, {'little' if i.little_endian else 'big'}-endian)")
     kind = {"static": "static", "static-pie": "static-pie", "dynamic": "dynamic",
             "shared-object": "shared object"}[i.linkage]

@@ -17,6 +17,7 @@ interpreter-existence checks); `kbox.analyze` uses it for foreign-architecture f
 """
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import stat
@@ -308,7 +309,7 @@ def _parse_open_elf(f: BinaryIO, path: str, display: str, st: os.stat_result) ->
         raise _corrupt(display, "no PT_LOAD segment")
     # The ELF spec requires PT_LOAD sorted by address; overlap would let a later mapping
     # silently replace part of an earlier one.
-    for a, b in zip(loads, loads[1:]):
+    for a, b in itertools.pairwise(loads):
         if b.vaddr < a.vaddr + a.memsz:
             raise _corrupt(display, f"overlapping PT_LOAD segments at {a.vaddr:#x} and {b.vaddr:#x}")
     segs = tuple(loads)

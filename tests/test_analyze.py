@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from elf_corpus import corpus
+
 from kbox import analyze as A
 from kbox.analyze import COMPLEX, WRAPPER, KernelCaps, analyze, analyze_object, decide_mode
 from kbox.elfinfo import host_machine
@@ -96,9 +96,9 @@ def GUESTS(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _caps(**kw: object) -> KernelCaps:
-    base = dict(machine="x86_64", release="6.12", seccomp_filter=True, seccomp_trap=True,
-                seccomp_user_notif=True, sud=True, mmap_min_addr=0, page0_mappable=True,
-                notify_sync_wakeup=True, rewrite_available=False)
+    base = {"machine": "x86_64", "release": "6.12", "seccomp_filter": True, "seccomp_trap": True,
+                "seccomp_user_notif": True, "sud": True, "mmap_min_addr": 0, "page0_mappable": True,
+                "notify_sync_wakeup": True, "rewrite_available": False}
     base.update(kw)
     return KernelCaps(**base)  # type: ignore[arg-type]
 
@@ -115,8 +115,8 @@ def _objdump_sites(objdump: str, path: str, pattern: str) -> set[int]:
         pytest.skip(f"{objdump} not installed")
     out = subprocess.run([objdump, "-d", path], capture_output=True, text=True, check=True, timeout=120).stdout
     import re
-    rx = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*\t" + pattern, re.M)
-    rx4 = re.compile(r"^\s*([0-9a-f]+):\s+[0-9a-f]{8}\s+\t?" + pattern, re.M)
+    rx = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*\t" + pattern, re.MULTILINE)
+    rx4 = re.compile(r"^\s*([0-9a-f]+):\s+[0-9a-f]{8}\s+\t?" + pattern, re.MULTILINE)
     return {int(m.group(1), 16) for r in (rx, rx4) for m in r.finditer(out)}
 
 

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from elf_corpus import corpus
+
 from kbox.elfinfo import (
     EXIT_CANNOT_EXECUTE,
     EXIT_NOT_FOUND,
