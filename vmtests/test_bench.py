@@ -14,7 +14,14 @@ def test_bench_runs_in_guest_and_is_kept(vm: Any, vm_target: tuple[str, str],
     res = vm.run("kbox bench --json", timeout=600)
     assert res.exit_status == 0, describe("kbox bench failed", res)
     data = json.loads(res.stdout)
-    assert data, "kbox bench --json printed an empty result"
+    # The contract of `kbox bench --json` (issue 2): {"rows": [{name, mode, us_per_call,
+    # ratio}, ...]}, ratio relative to native measured in the same run.
+    rows = data.get("rows") or []
+    assert rows, describe("kbox bench --json printed no rows", res)
+    for row in rows:
+        assert {"name", "mode", "us_per_call", "ratio"} <= set(row), row
+        assert row["us_per_call"] > 0, row
+    assert any(r["mode"] == "native" for r in rows), "no native baseline in the bench table"
     out = artifacts_dir / "bench" / f"bench-{vm_target[0]}-{vm_target[1]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"arch": vm_target[0], "kernel": vm_target[1],
