@@ -78,10 +78,16 @@ static int open_exec(const char *path, const char *prefix, struct open_file *f,
         kbox_close(f->fd);
         return say(err, EACCES, prefix, path, "Permission denied (not a regular file)");
     }
-    r = KSYS4(__NR_faccessat, AT_FDCWD, path, KBOX_X_OK, 0);
+    /* Judge the file we opened, not whatever the path names now (faccessat2, Linux 5.8;
+     * the path-based call remains for older kernels). */
+    r = KSYS4(__NR_faccessat2, f->fd, "", KBOX_X_OK, AT_EMPTY_PATH);
+    if (r == -ENOSYS)
+        r = KSYS3(__NR_faccessat, AT_FDCWD, path, KBOX_X_OK);
     if (r < 0) {
         kbox_close(f->fd);
-        return say(err, EACCES, prefix, path, "Permission denied (not executable)");
+        if (r == -EACCES || r == -EPERM)
+            return say(err, EACCES, prefix, path, "Permission denied (not executable)");
+        return say(err, (int)-r, prefix, path, kbox_errno_text((int)-r));
     }
     f->size = stx.stx_size;
     return 0;
