@@ -1,0 +1,133 @@
+"""The `kbox` command."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kbox import __version__
+from kbox.errors import UserError
+
+EPILOG = """\
+examples:
+  kbox run -- ls -la                      run ls with every syscall interposed (auto tier)
+  kbox run --trace -- cat /etc/hostname   strace-style trace on stderr
+  kbox run --syscall-mode=seccomp --deny openat:EACCES -- cat /etc/hostname
+  kbox run --virtual-pid -- sh -c 'echo $$'   the program sees itself as pid 1
+  kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
+  kbox bench --modes native,seccomp,trap  cost per syscall in each tier
+  kbox vm run --arch aarch64 -- uname -m  run a command in an aarch64 guest under QEMU
+  kbox doctor                             what this host can and cannot do
+"""
+
+
+def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "run",
+        help="run a program with every system call interposed",
+        description="Run PROG with every system call it (and every process it starts) makes "
+        "interposed by kbox. stdin, stdout, stderr and the terminal pass through; the exit "
+        "status is the program's (128+N when signal N killed it); 126/127 when it cannot be "
+        "executed / is not found, 2 for usage errors.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="tiers:\n"
+        "  seccomp  a supervisor process answers seccomp user notifications; contains the program\n"
+        "  trap     a SIGSYS handler inside the program's process (seccomp RET_TRAP, or Syscall\n"
+        "           User Dispatch with --trap-backend sud on x86_64); ~10x faster per call\n"
+        "  auto     trap where it is known correct, seccomp otherwise (see `kbox analyze PROG`)\n",
+    )
+    p.add_argument("--syscall-mode", choices=("auto", "seccomp", "trap"), default="auto",
+                   help="interception tier (default: auto)")
+    p.add_argument("--trap-backend", choices=("seccomp", "sud"), default=None,
+                   help="what raises SIGSYS in the trap tier (default: seccomp RET_TRAP)")
+    p.add_argument("--trace", action="store_true", help="print one line per syscall, strace-style")
+    p.add_argument("--trace-format", choices=("text", "json"), default="text",
+                   help="trace as text (default) or JSON lines (pid, tid, nr, name, args, ret, tier)")
+    p.add_argument("--trace-output", metavar="FILE", help="write the trace to FILE instead of stderr")
+    p.add_argument("--deny", action="append", default=[], metavar="NAME[:ERRNO]",
+                   help="fail syscall NAME with ERRNO (default EPERM) without running it; repeatable")
+    p.add_argument("--virtual-pid", action="store_true",
+                   help="PID-namespace view: the program is pid 1, later processes and threads "
+                   "get the next numbers (in-process tiers)")
+    p.add_argument("--stats", action="store_true",
+                   help="at exit, a table of syscalls: count and which path served them")
+    p.add_argument("--allow-wx", action="store_true",
+                   help="allow writable+executable mappings in the in-process tiers (JITs)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROG [ARGS...]")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kbox import elfinfo, runner
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("kbox run: missing program (usage: kbox run [options] -- PROG [ARGS...])", 2)
+    path = elfinfo.resolve_program(command[0])
+    elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
+    mode = args.syscall_mode
+    if mode == "auto":
+        mode, _reason = runner.auto_mode(path, virtual_pid=args.virtual_pid)
+    if mode == "seccomp" and args.virtual_pid:
+        raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
+                        "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)
+    if args.trap_backend and mode != "trap":
+        raise UserError("kbox run: --trap-backend applies to --syscall-mode=trap only", 2)
+    argv = runner.launch_argv(
+        path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
+        trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
+        stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
+        argv0=command[0],
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+    return 125  # not reached
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kbox",
+        description="Run unmodified Linux programs with every system call interposed "
+        "(seccomp, trap and rewrite tiers sharing one dispatcher), and validate the "
+        "interposer on x86_64 and aarch64 kernels under QEMU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"kbox {__version__}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
+    add_run_command(sub)
+    from kbox.analyze import add_analyze_command
+    from kbox.bench import add_bench_command
+
+    add_analyze_command(sub)
+    add_bench_command(sub)
+    try:
+        from kbox.vm.cli import add_vm_commands
+    except ImportError:  # the VM stack needs paramiko/pexpect; run/analyze/bench do not
+        pass
+    else:
+        add_vm_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kbox: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
