@@ -38,13 +38,14 @@ enum known {
     K_BRANCH_REL16,   /* 66/67 + E8/E9/0F 8x: SDM rel32 (prefix ignored), capstone rel16 */
     K_UD_MODRM,       /* UD1 0F B9 /r, UD0 0F FF /r: SDM has a ModRM, capstone does not */
     K_RET_IMM16,      /* REX.W C2 iw: always imm16 (SDM), capstone reads imm32 */
-    /* capstone 4.0 only: */
+    /* capstone 4.0 only (and K_SSE4A): */
     K_REP_CANCELS_66, /* 66 + F2/F3 on an Iz opcode: capstone 4 drops the 66 (imm32) */
     K_EVEX_ADDR32,    /* 67 + EVEX memory operand: capstone 4 drops the SIB or the disp32 of
                        * mod=0 rm=5 (shows [r12]/[r13]) */
     K_EVEX_REG_EXTRA, /* EVEX with a register ModRM and no imm8: capstone 4 reads one more byte */
-    K_SSE4A,          /* 0F 78 mod=3: capstone 4 picks VMREAD vs EXTRQ/INSERTQ (imm8, imm8) by
-                       * prefix adjacency and takes 67 for 66; capstone 5 agrees with us */
+    K_SSE4A,          /* 0F 78 mod=3, VMREAD vs EXTRQ/INSERTQ (imm8, imm8): capstone 4 picks by
+                       * prefix adjacency and takes 67 for 66; capstone 5 (rarely) lets a 66
+                       * nearer the opcode beat F3 */
     K_VEX_PREFIXED,   /* 66/F2/F3/F0/REX before C4/C5/62/XOP: SDM #UD, capstone decodes */
     K_COUNT,
 };
@@ -268,6 +269,9 @@ static int run_sweep(const char *name, const char *path, int nranges, char **ran
         return 2;
     }
     struct stats st = {0};
+    /* Syscall sites: capstone's sweep (instructions exactly 0f 05) vs our own walk
+     * (kbox_x86_find_syscalls over the same range); the two lists must be identical. */
+    uint64_t cs_sites = 0, our_sites = 0, site_mismatch = 0, raw_pairs = 0;
     for (int r = 0; r + 1 < nranges; r += 2) {
         uint64_t off = strtoull(ranges[r], NULL, 0), size = strtoull(ranges[r + 1], NULL, 0);
         if (off + size > (uint64_t)sb.st_size) {
@@ -278,6 +282,16 @@ static int run_sweep(const char *name, const char *path, int nranges, char **ran
         const uint8_t *base = file + off, *p = base;
         size_t left = size;
         uint64_t addr = off;
+        int nsites = kbox_x86_find_syscalls(base, size, off, NULL, 0);
+        uint64_t *sites = calloc(nsites > 0 ? nsites : 1, sizeof *sites);
+        if (nsites < 0 || !sites || kbox_x86_find_syscalls(base, size, off, sites, nsites) != nsites) {
+            fprintf(stderr, "kbox_x86_find_syscalls failed\n");
+            return 2;
+        }
+        our_sites += (uint64_t)nsites;
+        for (uint64_t j = 0; j + 1 < size; j++)
+            raw_pairs += base[j] == 0x0f && base[j + 1] == 0x05;
+        int next_site = 0;
         while (left) {
             const uint8_t *at = p;
             size_t avail = left;
@@ -288,9 +302,25 @@ static int run_sweep(const char *name, const char *path, int nranges, char **ran
             }
             st.decoded++;
             compare(&st, at, avail < 15 ? avail : 15, insn);
+            if (insn->size == 2 && at[0] == 0x0f && at[1] == 0x05) {
+                uint64_t where = off + (uint64_t)(at - base);
+                cs_sites++;
+                while (next_site < nsites && sites[next_site] < where)
+                    next_site++, site_mismatch++;   /* we report a site capstone does not */
+                if (next_site < nsites && sites[next_site] == where)
+                    next_site++;
+                else if (site_mismatch++ < MAX_SHOWN)
+                    printf("SITE missed by us at file offset 0x%llx\n", (unsigned long long)where);
+            }
         }
+        site_mismatch += (uint64_t)(nsites - next_site);
+        free(sites);
     }
     report(name, &st);
+    printf("cs_syscall_sites=%llu\nour_syscall_sites=%llu\nsyscall_site_mismatch=%llu\n"
+           "raw_0f05_pairs=%llu\n",
+           (unsigned long long)cs_sites, (unsigned long long)our_sites,
+           (unsigned long long)site_mismatch, (unsigned long long)raw_pairs);
     return 0;
 }
 
