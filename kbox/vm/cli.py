@@ -175,17 +175,26 @@ def cmd_vm_shell(args: argparse.Namespace) -> int:
 
 
 # -- kbox vm gdb -------------------------------------------------------------------------
-def gdb_commands(sysroot: Path, program: str, host_port: int) -> list[str]:
-    """The gdb-multiarch command line that attaches to the guest's gdbserver."""
+def gdb_commands(roots: list[Path], program: str, host_port: int) -> list[str]:
+    """The gdb-multiarch command line that attaches to the guest's gdbserver.
+
+    `roots` are host directories mirroring the guest's filesystem: the image's sysroot
+    (Debian packages: libc, python, ...) first, then its kbox layer (guest programs, the
+    kbox C core). Shared libraries come from the sysroot; the program's symbols from the
+    first root that has it, else gdb reads the file from the guest through gdbserver.
+    """
     gdb = shutil.which("gdb-multiarch") or shutil.which("gdb")
     if gdb is None:
         raise UserError("gdb-multiarch not found: install it with `apt-get install "
                         "gdb-multiarch`", 3)
-    symbols = sysroot / program.lstrip("/")
-    cmd = [gdb, "-q", "-ex", f"set sysroot {sysroot}"]
-    if symbols.exists():
-        cmd += ["-ex", f"file {symbols}"]
+    cmd = [gdb, "-q", "-ex", f"set sysroot {roots[0]}"]
+    local = next((r / program.lstrip("/") for r in roots
+                  if (r / program.lstrip("/")).is_file()), None)
+    if local is not None:
+        cmd += ["-ex", f"file {local}"]
     cmd += ["-ex", f"target remote 127.0.0.1:{host_port}"]
+    if local is None:
+        cmd += ["-ex", f"file target:{program}"]
     return cmd
 
 
@@ -232,7 +241,8 @@ def cmd_vm_gdb(args: argparse.Namespace) -> int:
                     sys.stdout.buffer.write(data)
                     sys.stdout.buffer.flush()
             threading.Thread(target=pump, daemon=True).start()
-            gdb = gdb_commands(Path(image.sysroot), prog, host_port) + list(args.gdb_args or [])
+            roots = [Path(image.sysroot), Path(image.cache_dir) / "overlay"]
+            gdb = gdb_commands(roots, prog, host_port) + list(args.gdb_args or [])
             print(f"kbox: {shlex.join(gdb)}", file=sys.stderr)
             rc = subprocess.call(gdb)
             chan.close()
