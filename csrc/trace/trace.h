@@ -24,6 +24,7 @@ enum kbox_argtype {
     KA_TIMESPEC_OUT,  /* struct timespec filled by the kernel, shown when the call succeeded */
     KA_WSTATUS,       /* int *wstatus of wait4, shown as strace's [{WIFEXITED(s) && ...}] */
     KA_PATH_OUT,      /* string filled by the kernel, length = return value (getcwd) */
+    KA_OFF,           /* 64-bit signed (off_t, loff_t); KA_INT is a C int (low 32 bits) */
     KA_COUNT
 };
 
