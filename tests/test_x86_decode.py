@@ -183,6 +183,7 @@ def dec(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
 
         ffi, lib = native.ffi(), native.lib()
         lib.kbox_x86_insn_len   # noqa: B018  (raises AttributeError when not exported)
+        print("\nx86 decoder unit cases: through libkbox.so")
         return ffi, lib
     except Exception:
         pass
@@ -192,6 +193,7 @@ def dec(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     _run(["gcc", *FREESTANDING, "-shared", "-fPIC", "-nostdlib", "-fvisibility=hidden",
           f"-I{CSRC}", f"-I{CSRC / 'arch' / 'x86_64'}", str(DECODER_C), "-o", str(so)],
          COMPILE_TIMEOUT)
+    print(f"\nx86 decoder unit cases: libkbox.so not built or without the decoder; using {so}")
     ffi = cffi.FFI()
     ffi.cdef(CDEF.read_text())
     return ffi, ffi.dlopen(str(so))
