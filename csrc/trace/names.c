@@ -201,8 +201,9 @@ const struct kbox_xlat kbox_xl_clone_flags[] = {
     X(CLONE_IO), XEND,
 };
 
+/* AT_EACCESS shares 0x200 with AT_REMOVEDIR; only faccessat2 means the former. */
 const struct kbox_xlat kbox_xl_at_flags[] = {
-    X(AT_SYMLINK_NOFOLLOW), X(AT_EACCESS), X(AT_REMOVEDIR), X(AT_SYMLINK_FOLLOW),
+    X(AT_SYMLINK_NOFOLLOW), X(AT_REMOVEDIR), X(AT_SYMLINK_FOLLOW),
     X(AT_NO_AUTOMOUNT), X(AT_EMPTY_PATH), X(AT_STATX_FORCE_SYNC), X(AT_STATX_DONT_SYNC),
     X(AT_RECURSIVE), XEND,
 };
