@@ -382,13 +382,13 @@ def _make(target_dir: Path, a: Arch, out: Path, what: str) -> None:
 
 
 def _copy_outputs(build: Path, dest: Path) -> int:
-    """Copy build products (not objects or dependency files) from a make O= directory."""
+    """Copy the products a make O= directory holds at its top level; subdirectories and
+    objects/dependency files are the Makefile's intermediates (e.g. csrc's pic/, static/)."""
     n = 0
-    for p in sorted(build.rglob("*")):
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(build.iterdir()):
         if p.is_file() and not p.name.endswith((".o", ".d", ".a", ".tmp", ".cmd")):
-            target = dest / p.relative_to(build)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, target)
+            shutil.copy2(p, dest / p.name)
             n += 1
     return n
 
