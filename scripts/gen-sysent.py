@@ -91,8 +91,8 @@ sigaltstack     INT  PTR PTR
 ioctl           INT  FD IOCTL_CMD HEX
 pread64         INT  FD BUF_OUT UINT OFF
 pwrite64        INT  FD BUF_IN UINT OFF
-readv           INT  FD PTR INT
-writev          INT  FD PTR INT
+readv           INT  FD IOV_OUT INT
+writev          INT  FD IOV_IN INT
 access          INT  PATH ACCESS_MODE
 faccessat       INT  DIRFD PATH ACCESS_MODE
 faccessat2      INT  DIRFD PATH ACCESS_MODE AT_FLAGS
@@ -227,6 +227,8 @@ setgroups       INT  INT PTR
 alarm           INT  UINT
 pause           INT
 process_vm_readv INT PID PTR UINT PTR UINT HEX
+preadv          INT  FD IOV_OUT INT OFF
+pwritev         INT  FD IOV_IN INT OFF
 membarrier      INT  INT HEX INT
 """
 
@@ -262,7 +264,7 @@ NARGS_BY_COUNT = {
           ioperm""",
     4: """semctl msgsnd ptrace reboot quotactl getxattr lgetxattr fgetxattr epoll_ctl_old
           epoll_wait_old semtimedop timer_settime mq_open kexec_load request_key
-          migrate_pages tee sync_file_range vmsplice timerfd_settime signalfd4 preadv pwritev
+          migrate_pages tee sync_file_range vmsplice timerfd_settime signalfd4
           rt_tgsigqueueinfo sendmmsg sched_getattr pkey_mprotect io_uring_register openat2
           quotactl_fd landlock_add_rule set_mempolicy_home_node cachestat fchmodat2
           futex_wake futex_requeue statmount listmount lsm_get_self_attr lsm_set_self_attr""",
@@ -282,7 +284,7 @@ KNOWN_KINDS = {
     "ENVP", "PID", "WAIT_OPTIONS", "IOCTL_CMD", "FUTEX_OP", "PRCTL_OPT", "ARCH_PRCTL",
     "RLIMIT_RES", "CLOCKID", "OCT", "SIGSET", "SIGACTION", "STAT_OUT", "TIMESPEC", "POLLFDS",
     "MSG_FLAGS", "SOCKADDR", "EPOLL_OP", "MADV", "PIPEFDS", "FD_FLAGS", "TIMESPEC_OUT",
-    "WSTATUS", "PATH_OUT", "OFF",
+    "WSTATUS", "PATH_OUT", "OFF", "IOV_IN", "IOV_OUT",
 }
 
 NR_MAX = 512  # KBOX_NR_MAX in csrc/trace/trace.h

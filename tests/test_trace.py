@@ -258,6 +258,16 @@ def test_file_calls_are_decoded(T: Tracer) -> None:
                   11) == 'readlinkat(AT_FDCWD, "/proc/self/exe", "/usr/bin/ls", 4096) = 11'
 
 
+def test_iovecs_are_shown_like_strace(T: Tracer) -> None:
+    vec = T.ptr_array([T.mem(b"hello"), 5, T.mem(b"\n"), 1])
+    assert T.line("writev", [1, vec, 2], 6) == \
+        'writev(1, [{iov_base="hello", iov_len=5}, {iov_base="\\n", iov_len=1}], 2) = 6'
+    # readv shows only what was read: here 3 bytes of the first buffer, none of the second.
+    assert T.line("readv", [0, vec, 2], 3) == \
+        'readv(0, [{iov_base="hel", iov_len=5}, {iov_base="", iov_len=1}], 2) = 3'
+    assert T.line("readv", [0, vec, 2], state=RET_UNKNOWN) == f"readv(0, {vec:#x}, 2) = ?"
+
+
 def test_fstat_output_is_decoded_from_the_kernels_struct(T: Tracer, tmp_path: Path) -> None:
     path = tmp_path / "six"
     path.write_bytes(b"123456")
@@ -289,6 +299,7 @@ def test_ops_of_ioctl_fcntl_prctl_futex_are_named(T: Tracer) -> None:
     assert T.line("fcntl", [3, 4, os.O_RDWR | os.O_NONBLOCK], 0) == \
         "fcntl(3, F_SETFL, O_RDWR|O_NONBLOCK) = 0"
     assert T.line("fcntl", [3, 1030, 10], 10) == "fcntl(3, F_DUPFD_CLOEXEC, 10) = 10"
+    assert T.line("fcntl", [3, 2, 1], 0) == "fcntl(3, F_SETFD, FD_CLOEXEC) = 0"
     assert T.line("prctl", [15, b"worker", 0, 0, 0], 0) == 'prctl(PR_SET_NAME, "worker") = 0'
     assert T.line("prctl", [38, 1, 0, 0, 0], 0) == "prctl(PR_SET_NO_NEW_PRIVS, 0x1, 0, 0, 0) = 0"
     assert T.line("futex", [0x1000, 1 | 128, 1, 0, 0, 0], 0) == \

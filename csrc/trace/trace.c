@@ -328,6 +328,43 @@ static void put_bytes(const struct ctx *c, struct kbox_buf *b, uint64_t addr, ui
     esc_close(&e, len > show);
 }
 
+/* struct iovec[]: [{iov_base="hello", iov_len=5}, ...]; `total` caps the bytes shown across
+ * all elements (the return value of readv), UINT64_MAX for writev. */
+static void put_iov(const struct ctx *c, struct kbox_buf *b, uint64_t addr, uint64_t count,
+                    uint64_t total)
+{
+    uint64_t iov[2];
+    if (!addr) {
+        kbox_buf_puts(b, "NULL");
+        return;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        if (!peek_full(c, addr + i * sizeof(iov), iov, sizeof(iov))) {
+            if (i == 0) {
+                kbox_buf_hex(b, addr);
+                return;
+            }
+            kbox_buf_puts(b, ", ...");
+            break;
+        }
+        kbox_buf_puts(b, i ? ", " : "[");
+        if (i >= c->strsize) {
+            kbox_buf_puts(b, "...");
+            break;
+        }
+        kbox_buf_puts(b, "{iov_base=");
+        uint64_t n = iov[1] < total ? iov[1] : total;
+        put_bytes(c, b, iov[0], n, c->strsize);
+        total -= n;
+        kbox_buf_puts(b, ", iov_len=");
+        kbox_buf_udec(b, iov[1]);
+        kbox_buf_putc(b, '}');
+        if (b->truncated)
+            return;
+    }
+    kbox_buf_puts(b, count ? "]" : "[]");
+}
+
 /* argv: ["ls", "-la"], at most strsize elements (strace's rule). */
 static void put_argv(const struct ctx *c, struct kbox_buf *b, uint64_t addr)
 {
@@ -662,6 +699,13 @@ static void put_arg(const struct ctx *c, struct kbox_buf *b, int i, int kind)
         else
             put_ptr(b, v);
         break;
+    case KA_IOV_IN: put_iov(c, b, v, next & 0xffffffffu, UINT64_MAX); break;
+    case KA_IOV_OUT:
+        if (succeeded(c))
+            put_iov(c, b, v, next & 0xffffffffu, (uint64_t)c->ret);
+        else
+            put_ptr(b, v);
+        break;
     case KA_OPEN_FLAGS: put_open_flags(b, v); break;
     case KA_FD_FLAGS: kbox_xlat_flags(b, kbox_xl_fd_flags, v & 0xffffffffu); break;
     case KA_MODE:
@@ -708,6 +752,12 @@ static void put_arg(const struct ctx *c, struct kbox_buf *b, int i, int kind)
     case KA_EPOLL_OP: put_name_or_dec(b, kbox_xl_epoll_op, as_int(v)); break;
     case KA_MADV: put_name_or_dec(b, kbox_xl_madv, as_int(v)); break;
     case KA_PIPEFDS: put_pipefds(c, b, v); break;
+    case KA_FD_CLOEXEC:
+        if (v == FD_CLOEXEC)
+            kbox_buf_puts(b, "FD_CLOEXEC");
+        else
+            kbox_buf_dec(b, as_int(v));
+        break;
     case KA_HEX:
     default: put_hex(b, v); break;
     }
@@ -734,7 +784,8 @@ static int arg_kind(const struct ctx *c, int i)
         case F_GETPIPE_SZ: case F_GET_SEALS:
             return -1;
         case F_SETFL: return KA_OPEN_FLAGS;
-        case F_DUPFD: case F_DUPFD_CLOEXEC: case F_SETFD: case F_SETOWN: case F_SETSIG:
+        case F_SETFD: return KA_FD_CLOEXEC;
+        case F_DUPFD: case F_DUPFD_CLOEXEC: case F_SETOWN: case F_SETSIG:
         case F_SETLEASE: case F_NOTIFY: case F_SETPIPE_SZ: case F_ADD_SEALS:
             return KA_INT;
         default:

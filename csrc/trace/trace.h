@@ -25,6 +25,9 @@ enum kbox_argtype {
     KA_WSTATUS,       /* int *wstatus of wait4, shown as strace's [{WIFEXITED(s) && ...}] */
     KA_PATH_OUT,      /* string filled by the kernel, length = return value (getcwd) */
     KA_OFF,           /* 64-bit signed (off_t, loff_t); KA_INT is a C int (low 32 bits) */
+    KA_IOV_IN,        /* struct iovec[], count in the next argument (writev) */
+    KA_IOV_OUT,       /* struct iovec[] filled by the kernel, total = return value (readv) */
+    KA_FD_CLOEXEC,    /* fcntl F_SETFD's argument (chosen by the decoder, not the table) */
     KA_COUNT
 };
 
