@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from elf_corpus import EHDR64, PHDR64, PT_LOAD, corpus
 
-from elf_corpus import EHDR64, PHDR64, PT_INTERP, PT_LOAD, corpus
 from kbox import native
 from kbox.errors import UserError
 
@@ -153,7 +152,7 @@ def test_aarch64_binaries_are_refused_as_wrong_architecture(LIB: Any) -> None:
     for p in files:
         r, err, _ = check(LIB, p.read_bytes())
         assert r == -errno.ENOEXEC, (p, err)
-        assert err == f"ELF image: ELF for aarch64, this is x86_64", err
+        assert err == "ELF image: ELF for aarch64, this is x86_64", err
 
 
 # ---- malformed images -----------------------------------------------------------------
@@ -356,7 +355,7 @@ def load_in_child(path: str, argv: list[str] | None, envp: list[str] | None = No
            "probes": probes or [], "twice": twice}
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(req), capture_output=True,
-                       text=True, timeout=CHILD_TIMEOUT, env=env)
+                       text=True, timeout=CHILD_TIMEOUT, env=env, check=False)
     assert p.returncode == 0, f"child died ({p.returncode}): {p.stderr[-2000:]}"
     return json.loads(p.stdout)
 
@@ -423,7 +422,7 @@ def _check_loaded(res: dict[str, Any], path: str, argv: list[str]) -> None:
         if typ != PT_LOAD or memsz == 0:
             continue
         perms = _maps_perms(res["maps_after"], res["main_bias"] + vaddr)
-        want = ("r" if flags & 4 else "-") + ("w" if flags & 2 else "-") + ("x" if flags & 1 else "-")
+        want = "".join(c if flags & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
         assert perms[:3] == want, (hex(vaddr), perms, want)
     if res["interp_len"]:
         assert res["entry"] != res["main_entry"]
@@ -494,7 +493,8 @@ def test_loading_malformed_files_fails_cleanly(tmp_path: Path, BINS: dict[str, s
             paths.append(str(p))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps({"batch": paths}),
-                          capture_output=True, text=True, timeout=CHILD_TIMEOUT * 3, env=env)
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT * 3, env=env,
+                          check=False)
     assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-2000:]}"
     results = json.loads(proc.stdout)
     allowed = {-errno.ENOEXEC, -errno.ELIBBAD, -errno.ENOENT, -errno.EACCES, -errno.ENOMEM}
@@ -639,16 +639,18 @@ def LAUNCH() -> str:
     except UserError as e:
         pytest.skip(str(e))
     p = subprocess.run([path, "--syscall-mode=none", "--", "/bin/echo", "hi"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT)
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              check=False)
     if p.returncode != 0 or p.stdout != "hi\n":
         pytest.skip(f"kbox-launch --syscall-mode=none not available yet: {p.stderr.strip()[:200]}")
     return path
 
 
 def _same(LAUNCH: str, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    native_run = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, **kw)
+    native_run = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                                check=False, **kw)
     ours = subprocess.run([LAUNCH, "--syscall-mode=none", "--", *argv], capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT, **kw)
+                          text=True, timeout=RUN_TIMEOUT, check=False, **kw)
     assert (ours.returncode, ours.stdout, ours.stderr) == \
         (native_run.returncode, native_run.stdout, native_run.stderr), argv
     return ours
@@ -693,16 +695,18 @@ def test_aarch64_programs_run_under_qemu_user(tmp_path: Path) -> None:
         pytest.skip(f"no aarch64 build at {launch}: make -C csrc ARCH=aarch64 "
                     f"CROSS_COMPILE=aarch64-linux-gnu- O={native.native_dir('aarch64')}")
     probe = subprocess.run([qemu, launch, "--syscall-mode=none", "--", "/bin/true"],
-                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
+                           capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              check=False)
     if "syscall-mode" in probe.stderr:
         pytest.skip(f"aarch64 kbox-launch has no --syscall-mode=none yet: {probe.stderr[:200]}")
     for kind, flags in (("static", ["-static"]), ("static-pie", ["-static-pie"]), ("dynamic", [])):
         prog = _cc(tmp_path, "aarch64-linux-gnu-gcc", f"a64-{kind}", *flags)
         cmd = [qemu, "-L", "/usr/aarch64-linux-gnu"]
         want = subprocess.run([*cmd, prog, "x", "y"], capture_output=True, text=True,
-                              timeout=RUN_TIMEOUT)
+                              timeout=RUN_TIMEOUT, check=False)
         got = subprocess.run([*cmd, launch, "--syscall-mode=none", "--", prog, "x", "y"],
-                             capture_output=True, text=True, timeout=RUN_TIMEOUT)
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              check=False)
         assert (got.returncode, got.stdout) == (want.returncode, want.stdout) == \
             (3, f"argc=3 [{prog}] [x] [y] execfn={prog} home={os.environ.get('HOME', '-')} bss=0\n")
 
