@@ -74,8 +74,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--accel: unknown value {accel!r}; choose from "
                                 f"{', '.join(ACCEL_CHOICES)}")
     # One VM per arch x kernel serves all of its tests: send a group to one worker.
+    # The controller picks the scheduler from `dist`; workers re-parse the original argv,
+    # so they learn it through workerinput (see pytest_configure_node below).
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+    wi = getattr(config, "workerinput", None)
+    if wi is not None and wi.get("kbox_loadgroup"):
+        config.option.loadgroup = True
     config.kbox_cells = collections.OrderedDict()  # type: ignore[attr-defined]
 
 
@@ -89,6 +94,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("tier", TIERS)
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's worker turns the group into the nodeid
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         cs = getattr(item, "callspec", None)
@@ -96,6 +102,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             arch, kernel = cs.params["vm_target"]
             item.add_marker(pytest.mark.xdist_group(f"{arch}-{kernel}"))
             item.add_marker(pytest.mark.vm)
+
+
+try:
+    import xdist  # noqa: F401
+
+    def pytest_configure_node(node: Any) -> None:
+        """(xdist, controller side) Tell each worker that tests are grouped by VM."""
+        node.workerinput["kbox_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
+except ImportError:
+    pass
 
 
 # -- fixtures ------------------------------------------------------------------------------
