@@ -122,16 +122,19 @@ static int parse_shebang(const unsigned char *buf, size_t n, char *line, const c
     line[n] = 0;
     while (end < n && line[end] != '\n')
         end++;
-    if (end == n) {
-        /* No newline in the buffer: the interpreter path must still end (space, tab or
-         * NUL) inside it, or it may have been truncated. */
-        size_t i = 2;
-        while (i < n && spacetab(line[i]))
+    if (end == n && n == KBOX_BINPRM_BUF) {
+        /* No newline in a full buffer: the interpreter path must still end (space, tab or
+         * NUL) before its last byte, or it may have been truncated; like the kernel, that
+         * last byte is then dropped.  (A shorter file is NUL-padded in the kernel's buffer,
+         * which always terminates the line.) */
+        size_t i = 2, lim = n - 1;
+        while (i < lim && spacetab(line[i]))
             i++;
-        while (i < n && line[i] && !spacetab(line[i]))
+        while (i < lim && line[i] && !spacetab(line[i]))
             i++;
-        if (i >= n && n == KBOX_BINPRM_BUF)
+        if (i >= lim)
             return -ENOEXEC;
+        end = lim;
     }
     line[end] = 0;
     while (end > 2 && spacetab(line[end - 1]))
