@@ -465,6 +465,16 @@ def test_a_pie_lands_at_the_usual_pie_base_when_free(BINS: dict[str, str]) -> No
     assert res["main_start"] == hint
 
 
+def test_exe_path_is_canonical_like_proc_self_exe(tmp_path: Path, BINS: dict[str, str]) -> None:
+    link = tmp_path / "via-link"
+    link.symlink_to(BINS["static"])
+    rel = os.path.relpath(link)          # the child runs in this process's cwd
+    res = load_in_child(rel, [rel])
+    assert res["r"] == 0, res["err"]
+    assert res["exe_path"] == os.path.realpath(BINS["static"])
+    assert res["guest_path"] == res["execfn"] == rel     # AT_EXECFN: as the guest asked
+
+
 def test_an_empty_argv_becomes_one_empty_string(BINS: dict[str, str]) -> None:
     res = load_in_child(BINS["static"], [])
     assert res["r"] == 0 and res["argv"] == [""]

@@ -32,6 +32,7 @@ struct load_ctx {
     Elf64_Phdr ph[KBOX_ELF_MAX_PHNUM];
     char script_line[KBOX_SCRIPT_MAX_DEPTH][KBOX_BINPRM_BUF + 1];
     char interp[KBOX_INTERP_MAX + 1];
+    char exe_real[KBOX_INTERP_MAX + 1];
     const char *pre[2 * KBOX_SCRIPT_MAX_DEPTH + 2];
     int npre;
     char *const *argv;
@@ -383,6 +384,22 @@ int kbox_load_program(const char *path, char *const argv[], char *const envp[],
     int64_t phdr_vaddr = lay.phdr_vaddr;
     if (r == 0)
         r = map_elf(&c, f.fd, cur, &eh, &lay, eh.e_type == ET_DYN ? KBOX_PIE_HINT : 0, &mm, err);
+    /* exe_path is what /proc/self/exe would say natively: the opened file's canonical
+     * absolute path (glibc's static startup asserts it starts with '/'); the name as
+     * given only when /proc is not mounted. */
+    const char *exe = cur;
+    if (r == 0) {
+        char link[32];
+        struct kbox_buf lb;
+        kbox_buf_init(&lb, link, sizeof(link));
+        kbox_buf_puts(&lb, "/proc/self/fd/");
+        kbox_buf_dec(&lb, f.fd);
+        long n2 = KSYS4(__NR_readlinkat, AT_FDCWD, link, c.exe_real, sizeof(c.exe_real) - 1);
+        if (n2 > 0 && c.exe_real[0] == '/') {
+            c.exe_real[n2] = 0;
+            exe = c.exe_real;
+        }
+    }
     kbox_close(f.fd);
     if (r < 0)
         return r;
@@ -434,7 +451,7 @@ int kbox_load_program(const char *path, char *const argv[], char *const envp[],
 
     struct kbox_stack_spec s = {
         .pre = c.pre, .npre = c.npre, .argv = c.argv, .envp = envp ? envp : no_env,
-        .auxv = auxv, .execfn = path, .exe_path = cur,
+        .auxv = auxv, .execfn = path, .exe_path = exe,
         .at_phdr = phdr_vaddr >= 0 ? (uint64_t)phdr_vaddr + mm.bias : 0,
         .at_phnum = phnum, .at_base = mi.bias, .at_entry = mm.entry, .pagesz = c.pagesz,
         .phdr_copy = phcopy,

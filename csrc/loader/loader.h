@@ -18,7 +18,8 @@ struct kbox_loaded {
     uint64_t main_entry, main_bias, interp_bias; /* AT_ENTRY, load biases (AT_BASE = interp_bias) */
     uint64_t phdr; uint32_t phnum, phent;
     const char *exe_path;  /* the path actually executed (after #! resolution: the script's
-                              interpreter); lives on the new stack */
+                              interpreter), canonical and absolute as /proc/self/exe shows
+                              it natively; lives on the new stack */
     const char *guest_path;/* what the guest asked to run (AT_EXECFN); lives on the new stack */
     /* Added: where the pieces of the new frame are (all inside the new stack). */
     uint64_t argc;
