@@ -1,6 +1,7 @@
 """Host-only tests of the image cache and builder logic (no network, no VM)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -194,6 +195,7 @@ def test_kbox_layer_builds_once_and_rebuilds_when_a_source_changes(
     repo = tmp_path / "repo"
     _fake_repo(repo)
     monkeypatch.setattr(images, "REPO", repo)
+    monkeypatch.setitem(ARCHES, arch, dataclasses.replace(ARCHES[arch], initrd_compression=""))
     base = _fake_base(CACHE, arch, "6.1")
     monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
     monkeypatch.setattr(images, "check_host", lambda a: None)
@@ -271,3 +273,26 @@ def test_busybox_applet_table_is_read_from_the_binary() -> None:
         listed = subprocess.run([host, "--list"], capture_output=True, text=True, timeout=10,
                                 check=True).stdout.split()
         assert images.busybox_applets(Path(host).read_bytes()) == sorted(listed)
+
+
+@pytest.mark.skipif(shutil.which("lz4") is None or shutil.which("gcc") is None
+                    or shutil.which("dropbearkey") is None, reason="needs lz4, gcc, dropbearkey")
+def test_lz4_initrd_is_a_legacy_frame_holding_both_archives(
+        CACHE: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arch = images.host_arch()
+    if arch not in ARCHES:
+        pytest.skip(f"host arch {arch} has no guest table entry")
+    repo = tmp_path / "repo"
+    _fake_repo(repo)
+    monkeypatch.setattr(images, "REPO", repo)
+    monkeypatch.setitem(ARCHES, arch, dataclasses.replace(ARCHES[arch], initrd_compression="lz4"))
+    base = _fake_base(CACHE, arch, "6.1")
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "check_host", lambda a: None)
+    img = images.ensure_image(arch, "6.1", progress=False)
+    raw = img.initrd_path.read_bytes()
+    assert raw[:4] == bytes.fromhex("02214c18")  # LZ4 legacy magic, what the kernel accepts
+    plain = subprocess.run(["lz4", "-d", "-c"], input=raw, capture_output=True, timeout=60,
+                           check=True).stdout
+    assert plain.startswith((base / "base.cpio").read_bytes())
+    assert b"root/.ssh/authorized_keys" in plain

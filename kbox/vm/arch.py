@@ -20,6 +20,7 @@ class Arch:
     console: str              # kernel console device
     cross_prefix: str         # gcc prefix when the host is not this arch ("" = native gcc)
     kernel_flavour: str       # suffix of Debian's linux-image package
+    initrd_compression: str = ""  # "" (plain cpio) or "lz4" (legacy frame), by measurement
     extra_qemu_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -50,6 +51,9 @@ ARCHES: dict[str, Arch] = {
         console="ttyAMA0",
         cross_prefix="aarch64-linux-gnu-",
         kernel_flavour="arm64",
+        # lz4 halves the initrd; boot-to-ready was lower in 4 of 4 paired runs (3.8 s vs
+        # 4.6 s median, loaded host). On x86_64 it was a wash, so that initrd stays plain.
+        initrd_compression="lz4",
     ),
 }
 

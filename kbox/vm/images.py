@@ -150,6 +150,9 @@ def check_host(a: Arch) -> None:
         pkg = f"gcc-{a.cross_prefix.rstrip('-').replace('_', '-')}" if cross_prefix(a) else "gcc"
         raise UserError(f"{a.name} {'cross ' if cross_prefix(a) else ''}compiler missing: "
                         f"apt-get install {pkg}")
+    if a.initrd_compression and shutil.which(a.initrd_compression) is None:
+        raise UserError(f"{a.initrd_compression} missing (compresses the {a.name} initrd): "
+                        f"apt-get install {a.initrd_compression}")
     for tool, pkg in (("dropbearkey", "dropbear-bin"), ("ssh-keygen", "openssh-client"),
                       ("dpkg-deb", "dpkg"), ("apt-get", "apt"), ("zstd", "zstd"),
                       ("make", "make")):
@@ -436,6 +439,14 @@ def _build_kbox_layer(a: Arch, base: Path, entry_tmp: Path, progress: bool) -> N
         with CpioWriter(out) as w:
             w.add_tree(stage, skip_root=True)
             w.add_tree(keys, skip_root=True)
+    if a.initrd_compression == "lz4":
+        # Legacy lz4 frames are the format the kernel's initramfs unpacker reads (lz4 -l).
+        packed = entry_tmp / "initrd.img.lz4"
+        subprocess.run(["lz4", "-l", "-1", "-q", "-f", str(initrd), str(packed)], check=True,
+                       timeout=300, capture_output=True)
+        packed.rename(initrd)
+    elif a.initrd_compression:
+        raise UserError(f"unsupported initrd compression {a.initrd_compression!r}")
     shutil.copy2(base / base_info["kernel_file"], entry_tmp / base_info["kernel_file"])
     shutil.rmtree(keys)
     info = dict(base_info, base=base.name, kbox_build_seconds=round(time.monotonic() - t0, 1))
