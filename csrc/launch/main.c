@@ -29,6 +29,7 @@ enum mode { MODE_SECCOMP, MODE_TRAP, MODE_NONE };
 static struct kbox_policy policy;
 static struct kbox_launch launch;
 static char *saved_opts[64];
+static const char *stats_tier = "trap";
 static char trace_fd_opt[32], shared_fd_opt[32], self_path[4096];
 
 static __attribute__((noreturn)) void usage(const char *a, const char *b)
@@ -294,10 +295,15 @@ static int launcher_main(uint64_t *sp)
     self_path[n] = 0;
     launch.self_path = self_path;
 
-    int status = mode == MODE_SECCOMP ? kbox_seccomp_run(&launch) : kbox_trap_run(&launch);
-    if (policy.stats)
-        print_stats(mode == MODE_SECCOMP ? "seccomp" : "trap");
-    return status;
+    stats_tier = mode == MODE_SECCOMP ? "seccomp" : "trap";
+    kbox_finish(mode == MODE_SECCOMP ? kbox_seccomp_run(&launch) : kbox_trap_run(&launch));
+}
+
+void kbox_finish(int status)
+{
+    if (policy.stats && policy.shared)
+        print_stats(stats_tier);
+    kbox_exit_group(status);
 }
 
 /* Called from _start (arch/<arch>/launch/entry.S) with the kernel's initial stack. */

@@ -42,6 +42,8 @@ int kbox_plain_run(struct kbox_launch *L);
  * reach the guest directly); returns the shell-style status of `child`. */
 int kbox_monitor_children(int child);
 void kbox_monitor_ignore_terminal_signals(int child);
+/* Ends the run with `status` (printing --stats first); main.c. */
+__attribute__((noreturn)) void kbox_finish(int status);
 /* Prints "kbox: <msg>\n" to stderr. */
 void kbox_err(const char *a, const char *b, const char *c);
 /* strerror for the errnos the launcher reports. */

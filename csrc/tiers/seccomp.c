@@ -137,17 +137,58 @@ static int attach_listener(int child, volatile int32_t *slot)
     return (int)fd;
 }
 
+/* Ending the supervisor without a race.  SIGCHLD (no SA_RESTART) interrupts a blocking
+ * NOTIF_RECV; the handler reaps.  Once the first child is gone and no child remains, the
+ * run is over: if the loop is inside RECV (or about to enter it) the handler finishes the
+ * run itself, because on Linux 6.1 a RECV never returns once the last filtered task has
+ * exited; otherwise the loop sees `over` before its next RECV. */
+static struct {
+    int child;
+    volatile int in_recv;
+    volatile int over;
+    volatile int main_done;
+    int main_status;
+} sup;
+
+static void reap(void)
+{
+    for (;;) {
+        int status;
+        long w = KSYS4(__NR_wait4, -1, &status, WNOHANG | __WALL, NULL);
+        if (w == sup.child) {
+            sup.main_status = status;
+            sup.main_done = 1;
+        }
+        if (w == -ECHILD_ && sup.main_done)
+            sup.over = 1;
+        if (w <= 0)
+            return;
+    }
+}
+
+static void on_sigchld(int sig)
+{
+    (void)sig;
+    reap();
+    if (sup.over && sup.in_recv)
+        kbox_finish(kbox_status_to_exit(sup.main_status));
+}
+
+struct sup_sigaction { uint64_t handler, flags, restorer, mask; };
+void kbox_sigreturn(void);
+
+#ifndef SA_RESTORER
+#define SA_RESTORER 0x04000000
+#endif
+
 int kbox_seccomp_run(struct kbox_launch *L)
 {
     struct kbox_policy *p = L->policy;
     volatile int32_t *slot = &p->shared->listener_fd;
     *slot = -1;
 
-    /* SIGCHLD arrives through a signalfd so the loop can poll children and the listener
-     * together; the child gets the original mask back before exec. */
     struct sigset_k chld = { 1ULL << (SIGCHLD - 1) }, orig;
     KSYS4(__NR_rt_sigprocmask, SIG_BLOCK, &chld, &orig, 8);
-    long sigfd = KSYS4(__NR_signalfd4, -1, &chld, 8, 0);
     KSYS2(__NR_prctl, PR_SET_CHILD_SUBREAPER, 1);
 
     long child = KSYS5(__NR_clone, SIGCHLD, 0, NULL, NULL, 0);
@@ -157,6 +198,7 @@ int kbox_seccomp_run(struct kbox_launch *L)
     }
     if (child == 0)
         child_exec(L, slot, &orig);
+    sup.child = (int)child;
 
     kbox_monitor_ignore_terminal_signals((int)child);
     int listener = attach_listener((int)child, slot);
@@ -189,40 +231,23 @@ int kbox_seccomp_run(struct kbox_launch *L)
             tc = (struct tgid_cache *)m;
     }
 
-    bool started = false, main_done = false;
-    int main_status = 0;
-    struct pollfd fds[2] = { { listener, POLLIN, 0 }, { (int)sigfd, POLLIN, 0 } };
-    for (;;) {
-        long pr = KSYS5(__NR_ppoll, fds, 2, NULL, NULL, 0);
-        if (pr < 0 && pr != -EINTR_)
-            break;
-        if (fds[1].revents & POLLIN) {
-            uint8_t drain[128 * 4];
-            kbox_read((int)sigfd, drain, sizeof(drain));
-        }
-        /* Reap every child that is done; orphans of the run are ours (subreaper). */
-        for (;;) {
-            int status;
-            long w = KSYS4(__NR_wait4, -1, &status, WNOHANG | __WALL, NULL);
-            if (w == child) {
-                main_done = true;
-                main_status = status;
-            }
-            if (w <= 0) {
-                if (w == -ECHILD_ && main_done)
-                    goto done;
-                break;
-            }
-        }
-        if (fds[0].revents & (POLLHUP | POLLERR))
-            fds[0].fd = -1; /* nobody uses the filter any more */
-        if (!(fds[0].revents & POLLIN))
-            continue;
+    struct sup_sigaction act = { (uint64_t)(uintptr_t)on_sigchld, SA_RESTORER | SA_NOCLDSTOP,
+                                 (uint64_t)(uintptr_t)kbox_sigreturn, 0 };
+    KSYS4(__NR_rt_sigaction, SIGCHLD, &act, NULL, 8);
+    KSYS4(__NR_rt_sigprocmask, SIG_UNBLOCK, &chld, NULL, 8);
 
+    bool started = false;
+    for (;;) {
         memset(notif, 0, sizes.seccomp_notif);
+        sup.in_recv = 1;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        if (sup.over)
+            break;
         long r = KSYS3(__NR_ioctl, listener, SECCOMP_IOCTL_NOTIF_RECV, notif);
+        sup.in_recv = 0;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         if (r < 0)
-            continue; /* -ENOENT: the caller died meanwhile; -EINTR */
+            continue; /* -EINTR (SIGCHLD), or -ENOENT: the caller died meanwhile */
 
         struct kbox_mem mem;
         kbox_mem_init_notif(&mem, (int)notif->pid, listener, notif->id);
@@ -257,7 +282,8 @@ int kbox_seccomp_run(struct kbox_launch *L)
             bool noreturn = req.nr == __NR_exit || req.nr == __NR_exit_group;
             /* Trace before answering: the caller's memory (paths, argv) is stable only
              * while it waits for us. */
-            kbox_dispatch_exit(p, &req, &ans, 0, noreturn ? KBOX_RET_NONE : KBOX_RET_UNKNOWN);
+            if (p->trace)
+                kbox_dispatch_exit(p, &req, &ans, 0, noreturn ? KBOX_RET_NONE : KBOX_RET_UNKNOWN);
             resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
         } else {
             int64_t ret = ans.verdict == KBOX_RETURN ? ans.value : -ans.value;
@@ -269,7 +295,6 @@ int kbox_seccomp_run(struct kbox_launch *L)
         }
         KSYS3(__NR_ioctl, listener, SECCOMP_IOCTL_NOTIF_SEND, resp);
     }
-done:
     kbox_close(listener);
-    return kbox_status_to_exit(main_status);
+    return kbox_status_to_exit(sup.main_status);
 }

@@ -56,6 +56,9 @@
 #define EINVAL_ 22
 #define ENAMETOOLONG_ 36
 #define EACCES_CODE 13
+#ifndef SS_AUTODISARM
+#define SS_AUTODISARM (1U << 31)
+#endif
 #define ELIBBAD_CODE 80
 
 #ifndef SA_RESTORER
@@ -93,6 +96,34 @@ static struct {
     volatile uint8_t sud_selector;
 } rt;
 
+/* ---- the guest's view of SIGSYS, per thread ------------------------------------------------ */
+
+/* The kernel must never see SIGSYS blocked (a blocked seccomp SIGSYS kills the process), so
+ * what the guest believes about its own SIGSYS mask and a SIGSYS kept pending while it is
+ * "blocked" live here, keyed by thread id.  Entries are never removed: a recycled tid
+ * starts with whatever its predecessor left, which is at worst a spurious "blocked". */
+#define VSIG_SLOTS 4096
+static struct vsig { int32_t tid; uint8_t blocked, pending; } vsig[VSIG_SLOTS];
+
+static struct vsig *vsig_of(int tid, bool create)
+{
+    for (uint32_t i = ((uint32_t)tid * 2654435761u) % VSIG_SLOTS, n = 0; n < VSIG_SLOTS;
+         i = (i + 1) % VSIG_SLOTS, n++) {
+        int32_t t = __atomic_load_n(&vsig[i].tid, __ATOMIC_ACQUIRE);
+        if (t == tid)
+            return &vsig[i];
+        if (t == 0) {
+            if (!create)
+                return NULL;
+            int32_t zero = 0;
+            if (__atomic_compare_exchange_n(&vsig[i].tid, &zero, tid, false, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE) || zero == tid)
+                return &vsig[i];
+        }
+    }
+    return NULL;
+}
+
 /* ---- helpers ---------------------------------------------------------------------------- */
 
 static bool is_reserved_fd(long fd)
@@ -123,6 +154,11 @@ static uint64_t strip_sigsys(uint64_t addr, uint64_t *tmp)
 
 static void deliver_guest_sigsys(int sig, siginfo_t *si, kbox_ucontext_t *uc)
 {
+    struct vsig *v = vsig_of((int)kbox_gettid(), false);
+    if (v && v->blocked) {
+        v->pending = 1; /* delivered when the guest unblocks it */
+        return;
+    }
     struct ksigaction g = rt.guest_sigsys;
     if (g.handler == (uint64_t)(uintptr_t)SIG_IGN)
         return;
@@ -342,8 +378,85 @@ static int64_t run_execve(const struct kbox_req *req, const uint64_t *a)
 
 /* ---- the runtime's own adjustments -------------------------------------------------------- */
 
+/* rt_sigprocmask inside the SIGSYS handler would be undone by the handler's own
+ * rt_sigreturn, which restores the mask saved in the frame: so the frame's mask is what
+ * gets changed.  SIGSYS never reaches the kernel's mask; its blocked bit is virtual. */
+static int64_t emulate_sigprocmask(const uint64_t *a, kbox_ucontext_t *uc)
+{
+    uint64_t *cur = kbox_uc_sigmask(uc), set = 0;
+    int how = (int)a[0];
+    if (a[3] != 8)
+        return -EINVAL_;
+    int tid = (int)kbox_gettid();
+    struct vsig *v = vsig_of(tid, true);
+    uint64_t old = *cur | (v && v->blocked ? SIGSYS_BIT : 0);
+    if (a[1]) {
+        if (rt.self_mem.read(&rt.self_mem, a[1], &set, 8) != 8)
+            return -EFAULT_;
+        if (how != SIG_BLOCK && how != SIG_UNBLOCK && how != SIG_SETMASK)
+            return -EINVAL_;
+    }
+    if (a[2] && rt.self_mem.write(&rt.self_mem, a[2], &old, 8) != 8)
+        return -EFAULT_;
+    if (!a[1])
+        return 0;
+    uint64_t nw = how == SIG_BLOCK ? old | set : how == SIG_UNBLOCK ? old & ~set : set;
+    /* SIGKILL and SIGSTOP cannot be blocked. */
+    nw &= ~((1ULL << (SIGKILL - 1)) | (1ULL << (SIGSTOP - 1)));
+    *cur = nw & ~SIGSYS_BIT;
+    if (v) {
+        v->blocked = (nw & SIGSYS_BIT) != 0;
+        if (!v->blocked && v->pending) {
+            /* Deliver the SIGSYS that waited: it arrives as soon as this handler returns. */
+            v->pending = 0;
+            KSYS3(__NR_tgkill, kbox_getpid(), tid, SIGSYS);
+        }
+    }
+    return 0;
+}
+
+/* sigaltstack inside the handler would likewise be undone by rt_sigreturn (it restores
+ * uc_stack): change the frame's copy, with the kernel's checks. */
+static int64_t emulate_sigaltstack(const uint64_t *a, kbox_ucontext_t *uc)
+{
+    stack_t cur = uc->uc_stack, nw;
+    uint64_t sp = kbox_uc_sp(uc);
+    bool on = !(cur.ss_flags & SS_DISABLE) && sp > (uint64_t)(uintptr_t)cur.ss_sp &&
+              sp <= (uint64_t)(uintptr_t)cur.ss_sp + cur.ss_size;
+    stack_t old = cur;
+    if (on)
+        old.ss_flags = SS_ONSTACK;
+    else if (cur.ss_flags & SS_DISABLE)
+        old.ss_flags = SS_DISABLE, old.ss_sp = NULL, old.ss_size = 0;
+    if (a[0]) {
+        if (rt.self_mem.read(&rt.self_mem, a[0], &nw, sizeof(nw)) != sizeof(nw))
+            return -EFAULT_;
+    }
+    if (a[1] && rt.self_mem.write(&rt.self_mem, a[1], &old, sizeof(old)) != sizeof(old))
+        return -EFAULT_;
+    if (!a[0])
+        return 0;
+    if (on)
+        return -EPERM_;
+    int mode = nw.ss_flags & ~SS_AUTODISARM;
+    if (mode != 0 && mode != SS_DISABLE && mode != SS_ONSTACK)
+        return -EINVAL_;
+    if (mode == SS_DISABLE) {
+        nw.ss_sp = NULL;
+        nw.ss_size = 0;
+        nw.ss_flags = SS_DISABLE;
+    } else if (nw.ss_size < KBOX_MINSIGSTKSZ) {
+        return -ENOMEM_;
+    } else {
+        nw.ss_flags &= SS_AUTODISARM;
+    }
+    uc->uc_stack = nw;
+    return 0;
+}
+
 /* Returns true if the call was fully emulated (result in *ret). */
-static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, int64_t *ret)
+static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, kbox_ucontext_t *uc,
+                          int64_t *ret)
 {
     uint64_t *a = ans->args;
     switch (req->nr) {
@@ -375,8 +488,22 @@ static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, i
         }
         return false;
     case __NR_rt_sigprocmask:
-        a[1] = strip_sigsys(a[1], &ans->scratch[0]);
-        return false;
+        *ret = emulate_sigprocmask(a, uc);
+        return true;
+    case __NR_sigaltstack:
+        *ret = emulate_sigaltstack(a, uc);
+        return true;
+    case __NR_rt_sigpending: {
+        uint64_t set;
+        long r = KSYS2(__NR_rt_sigpending, &set, 8);
+        struct vsig *v = vsig_of((int)kbox_gettid(), false);
+        if (r == 0 && v && v->pending)
+            set |= SIGSYS_BIT;
+        if (r == 0 && rt.self_mem.write(&rt.self_mem, a[0], &set, 8) != 8)
+            r = -EFAULT_;
+        *ret = r;
+        return true;
+    }
     case __NR_rt_sigsuspend:
         a[0] = strip_sigsys(a[0], &ans->scratch[0]);
         return false;
@@ -523,7 +650,7 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
         }
         break;
     default:
-        if (!runtime_fixup(req, &ans, &ret))
+        if (!runtime_fixup(req, &ans, uc, &ret))
             ret = run(req->nr, ans.args);
         break;
     }

@@ -22,6 +22,7 @@
 #define KBOX_SYSCALL_INSN_LEN 4
 #define KBOX_REDZONE 0
 #define KBOX_STACK_ALIGN 16
+#define KBOX_MINSIGSTKSZ 5120   /* the kernel's MINSIGSTKSZ for sigaltstack */
 #define KBOX_HAS_SUD 0          /* Debian's arm64 kernels lack CONFIG_GENERIC_ENTRY */
 /* clone(flags, stack, parent_tid, tls, child_tid): child_tid is argument 4 */
 #define KBOX_CLONE_CTID_ARG 4

@@ -22,6 +22,7 @@
 #define KBOX_SYSCALL_INSN_LEN 2
 #define KBOX_REDZONE 128
 #define KBOX_STACK_ALIGN 16
+#define KBOX_MINSIGSTKSZ 2048   /* the kernel's MINSIGSTKSZ for sigaltstack */
 #define KBOX_HAS_SUD 1          /* Syscall User Dispatch is offered as a trap source */
 /* clone(flags, stack, parent_tid, child_tid, tls): child_tid is argument 3 */
 #define KBOX_CLONE_CTID_ARG 3
