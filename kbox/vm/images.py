@@ -107,6 +107,16 @@ def _resolve(a: Arch, series: str, progress: bool) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
+    # One resolver per (arch, kernel): xdist workers starting together would each spend
+    # ~15 s in apt-cache otherwise.
+    with cache.locked(f"resolve-{a.name}-{series}", timeout=600):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return _resolve_now(a, series, path, progress)
+
+
+def _resolve_now(a: Arch, series: str, path: Path, progress: bool) -> dict:
     if progress:
         print(f"kbox: resolving Debian packages for {a.name} / {series}", file=sys.stderr,
               flush=True)
@@ -514,8 +524,13 @@ def list_images() -> list[dict]:
             arch, series, key = p.name.rsplit("-", 2) if p.name.count("-") >= 2 else (p.name, "", "")
             man = cache.read_manifest(p)
             problem = cache.verify(p, checksums=False)
+            try:
+                kver = json.loads((p / "info.json").read_text()).get("kernel_version", "")
+            except (OSError, ValueError):
+                kver = ""
             rows.append({"kind": "base" if kind == "base" else "image", "arch": arch,
-                         "kernel": series, "key": key, "path": str(p), "size": _dir_size(p),
+                         "kernel": series, "kernel_version": kver, "key": key, "path": str(p),
+                         "size": _dir_size(p),
                          "built": (man or {}).get("built"),
                          "state": "ok" if problem is None else f"corrupt: {problem}"})
     return rows
