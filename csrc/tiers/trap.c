@@ -27,6 +27,7 @@
  */
 #include "tiers/trap.h"
 #include "tiers/launch.h"
+#include "tiers/vfork.h"
 #include "core/bpf.h"
 #include "core/mem.h"
 #include "core/policy.h"
@@ -175,6 +176,90 @@ static void deliver_guest_sigsys(int sig, siginfo_t *si, kbox_ucontext_t *uc)
         ((void (*)(int, siginfo_t *, void *))(uintptr_t)g.handler)(sig, si, uc);
     else
         ((void (*)(int))(uintptr_t)g.handler)(sig);
+}
+
+/* ---- vfork ------------------------------------------------------------------------------ */
+
+/* A vfork child runs on its parent's stack, below the parent's stack pointer: exactly where
+ * the parent's SIGSYS frame would be if the vfork were made inside the handler.  So the
+ * handler only prepares: it returns to kbox_vfork_stub (arch/<arch>/launch/vfork.S) with
+ * the guest's registers, the stub makes the call from the gate, and a marker syscall from
+ * outside the gate brings each side back here once, to restore the resume address and, in
+ * the parent, finish the call (trace, virtual pid).  One vfork at a time per process: the
+ * slot below is taken until the parent has resumed (the parent is suspended meanwhile, and
+ * other threads that vfork wait on the futex). */
+uint64_t kbox_vfork_result;
+static struct {
+    int32_t lock;          /* futex word: 0 free, 1 taken */
+    int32_t owner_tgid;
+    uint64_t resume_pc, nr_reg;
+    struct kbox_req req;
+    struct kbox_answer ans;
+} vf;
+
+static bool is_vfork_like(const struct kbox_req *req, const uint64_t *a)
+{
+#ifdef __NR_vfork
+    if (req->nr == __NR_vfork)
+        return true;
+#endif
+    uint64_t flags = 0, stack = 0;
+    if (req->nr == __NR_clone) {
+        flags = a[0];
+        stack = a[1];
+    } else if (req->nr == __NR_clone3) {
+        struct clone_args ca;
+        memset(&ca, 0, sizeof(ca));
+        if (a[1] < 64 || rt.self_mem.read(&rt.self_mem, a[0], &ca, 64) != 64)
+            return false;
+        flags = ca.flags;
+        stack = ca.stack ? ca.stack + ca.stack_size : 0;
+    } else {
+        return false;
+    }
+    return (flags & CLONE_VM) && (flags & CLONE_VFORK) && !stack;
+}
+
+/* Returns false if the vfork must instead run as a fork (we are ourselves a vfork child of
+ * the slot's holder, which waits for us: waiting for it would deadlock). */
+static bool vfork_begin(const struct kbox_req *req, const struct kbox_answer *ans,
+                        kbox_ucontext_t *uc)
+{
+    int tgid = (int)kbox_getpid();
+    for (;;) {
+        int32_t zero = 0;
+        if (__atomic_compare_exchange_n(&vf.lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            break;
+        if (__atomic_load_n(&vf.owner_tgid, __ATOMIC_RELAXED) != tgid)
+            return false;
+        KSYS6(__NR_futex, &vf.lock, 0 /* FUTEX_WAIT */, 1, NULL, NULL, 0);
+    }
+    vf.owner_tgid = tgid;
+    vf.resume_pc = kbox_uc_pc(uc);
+    vf.nr_reg = kbox_uc_nr_reg(uc);
+    vf.req = *req;
+    vf.ans = *ans;
+    kbox_uc_set_nr(uc, (uint64_t)req->nr);
+    for (int i = 0; i < 6; i++)
+        kbox_uc_set_arg(uc, i, ans->args[i]);
+    kbox_uc_set_pc(uc, (uint64_t)(uintptr_t)kbox_vfork_stub);
+    return true;
+}
+
+static void vfork_finish(kbox_ucontext_t *uc)
+{
+    int64_t ret = (int64_t)kbox_uc_vfork_result(uc);
+    kbox_uc_restore_nr_reg(uc, vf.nr_reg);
+    kbox_uc_set_pc(uc, vf.resume_pc);
+    if (ret == 0) {
+        kbox_uc_set_ret(uc, 0); /* the child; the parent's line reports the call */
+        return;
+    }
+    struct kbox_req req = vf.req;
+    struct kbox_answer ans = vf.ans;
+    __atomic_store_n(&vf.lock, 0, __ATOMIC_RELEASE);
+    KSYS6(__NR_futex, &vf.lock, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+    kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(rt.policy, &req, &ans, ret, KBOX_RET_KNOWN));
 }
 
 /* ---- clone ------------------------------------------------------------------------------ */
@@ -611,6 +696,9 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
         return;
     }
 
+    if (is_vfork_like(req, ans.args) && vfork_begin(req, &ans, uc))
+        return;
+
     switch (req->nr) {
     case __NR_rt_sigreturn:
         /* Replay the guest's sigreturn from the gate, on the guest's stack pointer, once
@@ -662,6 +750,11 @@ static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
     kbox_ucontext_t *uc = ctx;
     if (si->si_code != SYS_SECCOMP_CODE && si->si_code != SYS_USER_DISPATCH_CODE) {
         deliver_guest_sigsys(sig, si, uc);
+        return;
+    }
+    if (si->si_syscall == KBOX_NR_VFORK_DONE &&
+        kbox_uc_pc(uc) == (uint64_t)(uintptr_t)kbox_vfork_marker_end) {
+        vfork_finish(uc);
         return;
     }
     struct kbox_req req;

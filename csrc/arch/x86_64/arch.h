@@ -62,6 +62,13 @@ static inline uint64_t kbox_uc_pc(const kbox_ucontext_t *uc) { return uc->uc_mco
 static inline void kbox_uc_set_pc(kbox_ucontext_t *uc, uint64_t v) { uc->uc_mcontext.rip = v; }
 static inline uint64_t kbox_uc_sp(const kbox_ucontext_t *uc) { return uc->uc_mcontext.rsp; }
 static inline void kbox_uc_set_sp(kbox_ucontext_t *uc, uint64_t v) { uc->uc_mcontext.rsp = v; }
+/* After tiers/vfork: the vfork result (kbox_vfork_stub stored it: the marker syscall
+ * clobbers rax, rcx and r11), and the register the marker used for its number (rax, which
+ * receives the result anyway). */
+extern uint64_t kbox_vfork_result;
+static inline uint64_t kbox_uc_vfork_result(const kbox_ucontext_t *uc) { (void)uc; return kbox_vfork_result; }
+static inline uint64_t kbox_uc_nr_reg(const kbox_ucontext_t *uc) { return uc->uc_mcontext.rax; }
+static inline void kbox_uc_restore_nr_reg(kbox_ucontext_t *uc, uint64_t v) { (void)uc; (void)v; }
 static inline uint64_t *kbox_uc_sigmask(kbox_ucontext_t *uc) { return (uint64_t *)&uc->uc_sigmask; }
 
 #endif
