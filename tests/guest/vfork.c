@@ -49,8 +49,9 @@ int main(int argc, char **argv)
     char *spawn_args[] = {self, "exec", NULL};
     pid_t sp;
     int rc = posix_spawn(&sp, self, NULL, NULL, spawn_args, environ);
-    printf("posix_spawn self: rc %d\n", rc);
+    /* The spawned program prints concurrently with us: report only after reaping it. */
     CHECK(rc == 0 && waitpid(sp, &status, 0) == sp);
+    printf("posix_spawn self: rc %d\n", rc);
     printf("posix_spawn self: exit %d\n", WEXITSTATUS(status));
     char *missing[] = {"missing", NULL};
     rc = posix_spawn(&sp, "/nonexistent/kbox", NULL, NULL, missing, environ);
