@@ -35,8 +35,11 @@ from kbox.vm.kernel import CpioWriter
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "images"
 
-# The runtime adds console=<arch.console>. Nothing else is needed by /init.
-KERNEL_CMDLINE = "rdinit=/init panic=-1 quiet"
+# The runtime adds console=<arch.console>; /init needs nothing else. init_on_alloc=0: Debian
+# turns on zeroing of every kernel page allocation (hardening only: pages reaching user
+# space are zeroed regardless); off, unpacking the ~100 MB initramfs under TCG took 24% less
+# time (1.31 s vs 1.72 s mean of 4 paired x86_64 boots on a loaded host).
+KERNEL_CMDLINE = "rdinit=/init panic=-1 quiet init_on_alloc=0"
 GUEST_KBOX_DIR = "/usr/lib/python3/dist-packages/kbox"
 GUEST_PROGRAMS_DIR = "/opt/kbox/guest"
 GUEST_PYTHON_LIB = "usr/lib/python3.11"
