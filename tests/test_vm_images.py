@@ -296,3 +296,99 @@ def test_lz4_initrd_is_a_legacy_frame_holding_both_archives(
                            check=True).stdout
     assert plain.startswith((base / "base.cpio").read_bytes())
     assert b"root/.ssh/authorized_keys" in plain
+
+
+# ---- dependency resolution against a canned apt-cache ---------------------------------------
+
+_ARCHIVE = {
+    # name -> (Architecture, Depends, Provides)
+    "python3": ("arm64", "python3.11 (>= 3.11.2), libc6", ""),
+    "python3.11": ("arm64", "libc6, mime-support | media-types, tzdata", ""),
+    "media-types": ("all", "", ""),
+    "libc6": ("arm64", "libgcc-s1", ""),
+    "libgcc-s1": ("arm64", "libc6 (>= 2.35)", ""),  # a cycle, as in Debian
+    "tzdata": ("all", "debconf (>= 0.5) | debconf-2.0", ""),
+    "python3-cffi": ("all", "python3-cffi-backend-api-min (<= 9729), python3:any", ""),
+    "python3-cffi-backend": ("arm64", "libffi8", "python3-cffi-backend-api-min"),
+    "libffi8": ("arm64", "", ""),
+    "cffi-user": ("all", "python3-cffi-backend-api-min", ""),
+}
+
+
+def _fake_apt(cmd: list[str], timeout: float = 0, check: bool = True):
+    class R:
+        returncode = 0
+        stderr = ""
+        stdout = ""
+    r = R()
+    if cmd[:2] == ["apt-cache", "show"]:
+        out = []
+        for spec in cmd[3:]:
+            name, _, qual = spec.partition(":")
+            if name in _ARCHIVE:
+                arch, dep, prov = _ARCHIVE[name]
+                if (qual == "arm64") == (arch == "arm64"):  # arch:all only unqualified
+                    out.append(f"Package: {name}\nVersion: 1.0\nArchitecture: {arch}\n"
+                               f"Depends: {dep}\nProvides: {prov}\n")
+        r.stdout = "\n".join(out)
+    elif cmd[:2] == ["apt-cache", "showpkg"]:
+        virt = cmd[2].split(":")[0]
+        provs = [n for n, (_, _, p) in _ARCHIVE.items() if virt in p.split(", ")]
+        r.stdout = "Package: x\nReverse Provides: \n" + "".join(f"{p}:arm64 1.0\n" for p in provs)
+    return r
+
+
+def test_resolver_follows_depends_picks_alternatives_and_honours_exclusions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian, "_run", _fake_apt)
+    pkgs = debian.Resolver("arm64", {"tzdata"}).resolve(["python3", "python3-cffi",
+                                                          "python3-cffi-backend"])
+    names = {p.name: p.arch for p in pkgs}
+    assert names == {"python3": "arm64", "python3.11": "arm64", "media-types": "all",
+                     "libc6": "arm64", "libgcc-s1": "arm64", "python3-cffi": "all",
+                     "python3-cffi-backend": "arm64", "libffi8": "arm64"}
+    # mime-support does not exist: the next alternative was taken; tzdata was excluded, so
+    # debconf was never looked at; the virtual -api-min is provided by cffi-backend.
+    assert debian.Package("python3-cffi", "1.0", "all").spec == "python3-cffi=1.0"
+
+
+def test_resolver_finds_a_provider_for_a_bare_virtual_package(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian, "_run", _fake_apt)
+    pkgs = debian.Resolver("arm64", set()).resolve(["cffi-user"])
+    assert "python3-cffi-backend" in {p.name for p in pkgs}
+
+
+def test_resolver_names_a_missing_root_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian, "_run", _fake_apt)
+    with pytest.raises(UserError, match="not available for arm64: gdbserver"):
+        debian.Resolver("arm64", set()).resolve(["python3", "gdbserver"])
+
+
+def test_merged_usr_moves_top_level_dirs_and_links_them(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/busybox").write_text("bb")
+    (root / "lib64").mkdir()
+    (root / "lib64/ld-linux-x86-64.so.2").symlink_to("/lib/x86_64-linux-gnu/ld.so")
+    (root / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (root / "lib/x86_64-linux-gnu/ld.so").write_text("ld")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/git").write_text("git")
+    images._merge_usr(root)
+    for top in ("bin", "sbin", "lib", "lib64"):
+        assert os.readlink(root / top) == f"usr/{top}"
+    assert (root / "bin/busybox").read_text() == "bb"
+    assert (root / "usr/bin/git").read_text() == "git"
+    assert os.readlink(root / "usr/lib64/ld-linux-x86-64.so.2") == "/lib/x86_64-linux-gnu/ld.so"
+
+
+def test_prune_drops_matching_paths_only(tmp_path: Path) -> None:
+    for rel in ("usr/share/doc/git/README", "usr/lib/x86_64-linux-gnu/gconv/UTF-16.so",
+                "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/git-core/git-http-push",
+                "usr/lib/git-core/git"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    images._prune(tmp_path, ["usr/share/doc", "usr/lib/*/gconv", "usr/lib/git-core/git-http-*"])
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["usr/lib/git-core/git", "usr/lib/x86_64-linux-gnu/libc.so.6"]
