@@ -4,7 +4,7 @@
  *
  * Normally started by `kbox run` (kbox/runner.py builds this command line), and by itself
  * when a guest in an in-process tier calls execve (--relaunch).  Options:
- *   --syscall-mode=seccomp|trap|none   (none: load in-process without interposition)
+ *   --syscall-mode=seccomp|trap|rewrite|none   (none: load in-process, no interposition)
  *   --trap-backend=seccomp|sud
  *   --trace  --trace-json  --trace-output=FILE  --trace-fd=N  --strsize=N
  *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx
@@ -161,6 +161,8 @@ static int launcher_main(uint64_t *sp)
                 mode = MODE_SECCOMP;
             else if (kbox_strcmp(v, "trap") == 0)
                 mode = MODE_TRAP;
+            else if (kbox_strcmp(v, "rewrite") == 0)
+                mode = MODE_TRAP, launch.rewrite = true;
             else if (kbox_strcmp(v, "none") == 0)
                 mode = MODE_NONE;
             else
@@ -295,7 +297,7 @@ static int launcher_main(uint64_t *sp)
     self_path[n] = 0;
     launch.self_path = self_path;
 
-    stats_tier = mode == MODE_SECCOMP ? "seccomp" : "trap";
+    stats_tier = mode == MODE_SECCOMP ? "seccomp" : launch.rewrite ? "rewrite" : "trap";
     kbox_finish(mode == MODE_SECCOMP ? kbox_seccomp_run(&launch) : kbox_trap_run(&launch));
 }
 

@@ -17,6 +17,7 @@ struct kbox_launch {
     char **launcher_opts;       /* the launcher's own options (re-used on execve) */
     int n_launcher_opts;
     enum kbox_trap_backend trap_backend;
+    bool rewrite;               /* the rewrite tier: trap, plus lazy site rewriting */
     bool relaunch;              /* we are a guest's execve, already inside the sandbox */
     int shared_fd;
     struct kbox_policy *policy;

@@ -28,6 +28,7 @@
 #include "tiers/trap.h"
 #include "tiers/launch.h"
 #include "tiers/vfork.h"
+#include "tiers/rewrite.h"
 #include "core/bpf.h"
 #include "core/mem.h"
 #include "core/policy.h"
@@ -677,6 +678,26 @@ static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, k
     }
 }
 
+/* ---- serving without a signal frame (rewrite trampolines) ------------------------------------ */
+
+int64_t kbox_trap_serve_direct(struct kbox_req *req)
+{
+    const struct kbox_policy *p = rt.policy;
+    struct kbox_answer ans;
+    int64_t ret;
+    req->mem = &rt.self_mem;
+    if (p->trace || p->virtual_pid) {
+        req->pid = (int)kbox_getpid();
+        req->tid = (int)kbox_gettid();
+    }
+    kbox_dispatch_enter(p, req, &ans);
+    if (ans.verdict != KBOX_RUN)
+        ret = ans.verdict == KBOX_RETURN ? ans.value : -ans.value;
+    else if (!runtime_fixup(req, &ans, NULL, &ret))
+        ret = run(req->nr, ans.args);
+    return kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN);
+}
+
 /* ---- the handler -------------------------------------------------------------------------- */
 
 void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t *uc)
@@ -767,6 +788,8 @@ static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
     req.pid = req.tid = 0;
     req.mem = &rt.self_mem;
     kbox_trap_serve(&req, si, uc);
+    if (kbox_rewrite_enabled())
+        kbox_rewrite_site(req.ip - KBOX_SYSCALL_INSN_LEN, req.nr);
 }
 
 /* ---- installing the runtime ----------------------------------------------------------------- */
@@ -831,6 +854,8 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
     }
     rt.policy = L->policy;
     rt.launch = L;
+    if (L->rewrite)
+        kbox_rewrite_enable();
     kbox_mem_init_self(&rt.self_mem);
     rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
     rt.reserved_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;

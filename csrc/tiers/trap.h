@@ -10,6 +10,9 @@
  * a CLONE_VM child copies. */
 void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t *uc);
 
+/* Serves a call outside any signal handler (from a rewrite trampoline); returns the result. */
+int64_t kbox_trap_serve_direct(struct kbox_req *req);
+
 /* Builds a sigreturn frame for a CLONE_VM child below newsp (arch/<arch>/sigframe.c). */
 uint64_t kbox_arch_child_frame(const void *si, const kbox_ucontext_t *uc, uint64_t newsp,
                                bool keep_altstack);

@@ -1,0 +1,61 @@
+/* Template of an x86_64 rewrite trampoline (copied per site, never run in place).
+ *
+ * The site's relocated instruction (the >= 5-byte instruction before `syscall`, which the
+ * patch replaced by `jmp rel32`) is copied in front of this.  Then: step over the 128-byte
+ * red zone (lea: flags untouched), save flags and every register the C dispatcher may
+ * clobber, call kbox_rewrite_entry on a 16-byte aligned stack, restore, and jump back past
+ * the syscall.  If the dispatcher wants the call to take the trap path (clone, execve, ...),
+ * the registers are restored and a `syscall` here — outside the gate — raises SIGSYS.
+ * Frame, low to high: rbx r11 r10 r9 r8 rdi rsi rdx rcx rax flags decision [red zone]. */
+	.text
+	.globl kbox_rw_tmpl_start, kbox_rw_tmpl_site, kbox_rw_tmpl_entry
+	.globl kbox_rw_tmpl_jmp1, kbox_rw_tmpl_jmp2, kbox_rw_tmpl_end
+kbox_rw_tmpl_start:
+	lea -128(%rsp), %rsp            /* 48 8d 64 24 80 */
+	push $0                         /* decision slot */
+	pushfq
+	push %rax
+	push %rcx
+	push %rdx
+	push %rsi
+	push %rdi
+	push %r8
+	push %r9
+	push %r10
+	push %r11
+	push %rbx
+	mov %rsp, %rbx
+	and $-16, %rsp
+	lea 8(%rbx), %rdi
+kbox_rw_tmpl_site:
+	movabs $0x1111111111111111, %rsi   /* 48 be imm64: the site */
+kbox_rw_tmpl_entry:
+	movabs $0x2222222222222222, %rax   /* 48 b8 imm64: kbox_rewrite_entry */
+	call *%rax
+	mov %rbx, %rsp
+	pop %rbx
+	pop %r11
+	pop %r10
+	pop %r9
+	pop %r8
+	pop %rdi
+	pop %rsi
+	pop %rdx
+	pop %rcx
+	pop %rax
+	cmpq $0, 8(%rsp)
+	jne 1f
+	popfq
+	lea 136(%rsp), %rsp             /* decision slot + red zone */
+kbox_rw_tmpl_jmp1:
+	.byte 0xe9                      /* jmp rel32 -> resume */
+	.long 0
+1:	popfq
+	lea 136(%rsp), %rsp
+	syscall                         /* outside the gate: the trap path serves it */
+kbox_rw_tmpl_jmp2:
+	.byte 0xe9                      /* jmp rel32 -> resume */
+	.long 0
+kbox_rw_tmpl_end:
+
+	.section .note.GNU-stack, "", @progbits

@@ -1,0 +1,336 @@
+/* x86_64 site rewriting.
+ *
+ * `syscall` is 2 bytes and a jump needs 5, and zpoline's 2-byte `call *%rax` pushes a return
+ * address into the interrupted function's red zone.  So the `syscall` itself stays, and the
+ * single instruction right before it — if it is at least 5 bytes long and position
+ * independent, as glibc's `mov $nr,%eax` and `syscall()`'s `mov 0x8(%rsp),%r9` are — is
+ * replaced by `jmp rel32` to a per-site trampoline that re-executes it.  Consequences:
+ *  - a thread blocked in the syscall returns to site+2, which is unchanged;
+ *  - a jump straight to the syscall (skipping the instruction) still traps;
+ *  - instruction boundaries come from decoding forward from the function's start (from the
+ *    object's .eh_frame_hdr), never from guessing backwards;
+ *  - the patch is one naturally aligned 8- or 16-byte atomic store, so no thread ever
+ *    fetches a torn instruction; a site whose 5 bytes cross a 16-byte boundary stays on
+ *    the trap path.
+ */
+#include "arch.h"
+#include "decode.h"
+#include "tiers/rewrite.h"
+#include "lib/str.h"
+#include "lib/sys.h"
+#include <linux/elf.h>
+
+struct kbox_rw_frame {
+    uint64_t r11, r10, r9, r8, rdi, rsi, rdx, rcx, rax, flags, decision;
+};
+
+extern const uint8_t kbox_rw_tmpl_start[], kbox_rw_tmpl_site[], kbox_rw_tmpl_entry[];
+extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[];
+
+/* ---- finding the function that contains the site ---------------------------------------- */
+
+static long read_self(uint64_t addr, void *buf, size_t len)
+{
+    struct { void *b; size_t l; } local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
+    return KSYS6(__NR_process_vm_readv, kbox_getpid(), &local, 1, &remote, 1, 0);
+}
+
+/* /proc/self/maps: the start of the mapping at file offset 0 of the file mapped at `addr`
+ * (where its ELF header is), or 0. */
+static uint64_t object_base(uint64_t addr)
+{
+    static char buf[64 * 1024];
+    long fd = kbox_openat(-100, "/proc/self/maps", 0, 0);
+    if (fd < 0)
+        return 0;
+    long n = 0, r;
+    while (n < (long)sizeof(buf) - 1 && (r = kbox_read((int)fd, buf + n, sizeof(buf) - 1 - (size_t)n)) > 0)
+        n += r;
+    kbox_close((int)fd);
+    buf[n < 0 ? 0 : n] = 0;
+    /* Two passes: find the line containing addr and its path; then that path at offset 0. */
+    char path[512] = { 0 };
+    for (int pass = 0; pass < 2; pass++) {
+        char *line = buf;
+        while (*line) {
+            char *end = line;
+            while (*end && *end != '\n')
+                end++;
+            uint64_t lo = 0, hi = 0, off = 0;
+            char *p = line;
+            while (*p && *p != '-') { lo = lo * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
+            p++;
+            while (*p && *p != ' ') { hi = hi * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
+            p += 6; /* " rwxp " */
+            while (*p && *p != ' ') { off = off * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
+            int spaces = 0;
+            while (p < end && spaces < 3) { if (*p == ' ') { spaces++; while (*p == ' ') p++; } else p++; }
+            while (p < end && *p == ' ')
+                p++;
+            size_t plen = (size_t)(end - p);
+            if (pass == 0 && addr >= lo && addr < hi) {
+                if (plen == 0 || plen >= sizeof(path) || *p != '/')
+                    return 0; /* anonymous code: no unwind tables to find function starts */
+                memcpy(path, p, plen);
+                path[plen] = 0;
+                break;
+            }
+            if (pass == 1 && off == 0 && plen == kbox_strlen(path) && memcmp(p, path, plen) == 0)
+                return lo;
+            line = *end ? end + 1 : end;
+        }
+        if (!path[0])
+            return 0;
+    }
+    return 0;
+}
+
+static int64_t read_enc(uint64_t *p, uint8_t enc, uint64_t datarel)
+{
+    /* The encodings .eh_frame_hdr uses in practice: sdata4 / udata4, absolute or datarel. */
+    int32_t v;
+    if ((enc & 0x0f) != 0x0b && (enc & 0x0f) != 0x03)
+        return INT64_MIN;
+    if (read_self(*p, &v, 4) != 4)
+        return INT64_MIN;
+    int64_t val = (enc & 0x0f) == 0x0b ? (int64_t)v : (int64_t)(uint32_t)v;
+    uint64_t at = *p;
+    *p += 4;
+    switch (enc & 0x70) {
+    case 0x00: return val;
+    case 0x10: return (int64_t)(at + (uint64_t)val);      /* pcrel */
+    case 0x30: return (int64_t)(datarel + (uint64_t)val); /* datarel */
+    default: return INT64_MIN;
+    }
+}
+
+/* Start and end (next function's start) of the function containing `site`. */
+static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
+{
+    uint64_t base = object_base(site);
+    if (!base)
+        return -1;
+    Elf64_Ehdr eh;
+    if (read_self(base, &eh, sizeof(eh)) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, 4) != 0 ||
+        eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 64)
+        return -1;
+    Elf64_Phdr ph[64];
+    if (read_self(base + eh.e_phoff, ph, eh.e_phnum * sizeof(Elf64_Phdr)) != (long)(eh.e_phnum * sizeof(Elf64_Phdr)))
+        return -1;
+    uint64_t first_vaddr = ~0ULL, hdr_vaddr = 0;
+    for (int i = 0; i < eh.e_phnum; i++) {
+        if (ph[i].p_type == PT_LOAD && ph[i].p_vaddr < first_vaddr)
+            first_vaddr = ph[i].p_vaddr;
+        if (ph[i].p_type == PT_GNU_EH_FRAME)
+            hdr_vaddr = ph[i].p_vaddr;
+    }
+    if (!hdr_vaddr || first_vaddr == ~0ULL)
+        return -1;
+    uint64_t bias = base - (first_vaddr & ~4095ULL);
+    uint64_t hdr = bias + hdr_vaddr;
+    uint8_t h[4];
+    if (read_self(hdr, h, 4) != 4 || h[0] != 1)
+        return -1;
+    uint64_t p = hdr + 4;
+    if (read_enc(&p, h[1], hdr) == INT64_MIN)
+        return -1;
+    int64_t count = read_enc(&p, h[2], hdr);
+    if (count <= 0 || h[3] != 0x3b) /* table: datarel sdata4 */
+        return -1;
+    /* Binary search over (initial_location, fde) pairs, 8 bytes each. */
+    int64_t lo = 0, hi = count - 1, best = -1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        int32_t loc;
+        if (read_self(p + (uint64_t)mid * 8, &loc, 4) != 4)
+            return -1;
+        if (hdr + (uint64_t)(int64_t)loc <= site) {
+            best = mid;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if (best < 0)
+        return -1;
+    int32_t loc;
+    read_self(p + (uint64_t)best * 8, &loc, 4);
+    *start = hdr + (uint64_t)(int64_t)loc;
+    *end = site + 2;
+    if (best + 1 < count) {
+        int32_t next;
+        if (read_self(p + (uint64_t)(best + 1) * 8, &next, 4) == 4)
+            *end = hdr + (uint64_t)(int64_t)next;
+    }
+    return site < *end && site - *start < (1u << 20) ? 0 : -1;
+}
+
+/* ---- which instructions may run elsewhere --------------------------------------------- */
+
+/* One-byte opcodes with a ModRM byte whose only address dependence is a ModRM memory operand
+ * (Intel SDM Vol. 2D, A.3 Table A-2): moves, lea, integer ALU ops and compares.  Anything
+ * else (branches, calls, stack-relative control flow, string ops) is left alone. */
+static bool plain_modrm_opcode(uint8_t op)
+{
+    switch (op) {
+    case 0x01: case 0x03: case 0x09: case 0x0b: case 0x11: case 0x13: case 0x19: case 0x1b:
+    case 0x21: case 0x23: case 0x29: case 0x2b: case 0x31: case 0x33: case 0x39: case 0x3b:
+    case 0x81: case 0x83: case 0x85: case 0x88: case 0x89: case 0x8a: case 0x8b: case 0x8d:
+    case 0xc6: case 0xc7:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool relocatable(const uint8_t *c, int len)
+{
+    int i = 0;
+    while (i < len && (c[i] == 0x66 || c[i] == 0x67 || c[i] == 0x64 || c[i] == 0x65))
+        i++;
+    if (i < len && (c[i] & 0xf0) == 0x40)
+        i++; /* REX */
+    if (i >= len)
+        return false;
+    uint8_t op = c[i++];
+    if (op >= 0xb8 && op <= 0xbf)
+        return true; /* mov $imm, %reg: no operand depends on the address */
+    if (op == 0x0f && i < len && (c[i] == 0xb6 || c[i] == 0xb7 || c[i] == 0xbe || c[i] == 0xbf))
+        op = c[i++], op = 0x8b; /* movzx/movsx: ModRM like mov */
+    if (!plain_modrm_opcode(op) || i >= len)
+        return false;
+    uint8_t modrm = c[i];
+    /* mod == 00 and rm == 101: RIP-relative, which would change meaning once moved. */
+    return !((modrm >> 6) == 0 && (modrm & 7) == 5);
+}
+
+int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
+{
+    uint8_t insn[2];
+    if (read_self(site, insn, 2) != 2 || insn[0] != 0x0f || insn[1] != 0x05)
+        return -1;
+    uint64_t start, end;
+    if (function_bounds(site, &start, &end) < 0)
+        return -1;
+    /* Walk true instruction boundaries from the function start up to the site. */
+    size_t span = (size_t)(site + 2 - start);
+    long m = kbox_mmap(NULL, span, 0x3 /* PROT_READ|PROT_WRITE */, 0x22 /* MAP_PRIVATE|MAP_ANONYMOUS */, -1, 0);
+    if (kbox_is_err(m))
+        return -1;
+    uint8_t *code = (uint8_t *)m;
+    uint64_t pc = start, prev = 0;
+    if (read_self(start, code, span) == (long)span) {
+        while (pc < site) {
+            int n = kbox_x86_insn_len(code + (pc - start), (size_t)(site + 2 - pc));
+            if (n <= 0)
+                break;
+            prev = pc;
+            pc += (uint64_t)n;
+        }
+    }
+    kbox_munmap(code, span);
+    if (pc != site || !prev)
+        return -1;
+    int len = (int)(site - prev);
+    if (len < 5 || len > 15)
+        return -1;
+    if (read_self(prev, plan->reloc, (size_t)len) != len || !relocatable(plan->reloc, len))
+        return -1;
+    plan->site = site;
+    plan->patch_at = prev;
+    plan->reloc_len = (uint32_t)len;
+    plan->resume = site + 2;
+    plan->reach = 0x7fff0000ULL;
+    return 0;
+}
+
+uint64_t kbox_arch_rw_tramp_size(const struct kbox_rw_plan *plan)
+{
+    return plan->reloc_len + (uint64_t)(kbox_rw_tmpl_end - kbox_rw_tmpl_start);
+}
+
+static void put32(uint8_t *p, int32_t v) { memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *plan)
+{
+    uint32_t r = plan->reloc_len;
+    size_t n = (size_t)(kbox_rw_tmpl_end - kbox_rw_tmpl_start);
+    memcpy(dst, plan->reloc, r);
+    memcpy(dst + r, kbox_rw_tmpl_start, n);
+    uint64_t o_site = r + (uint64_t)(kbox_rw_tmpl_site - kbox_rw_tmpl_start);
+    uint64_t o_entry = r + (uint64_t)(kbox_rw_tmpl_entry - kbox_rw_tmpl_start);
+    uint64_t o_j1 = r + (uint64_t)(kbox_rw_tmpl_jmp1 - kbox_rw_tmpl_start);
+    uint64_t o_j2 = r + (uint64_t)(kbox_rw_tmpl_jmp2 - kbox_rw_tmpl_start);
+    put64(dst + o_site + 2, plan->site);                                  /* 48 be imm64 */
+    put64(dst + o_entry + 2, (uint64_t)(uintptr_t)kbox_rewrite_entry);    /* 48 b8 imm64 */
+    put32(dst + o_j1 + 1, (int32_t)(plan->resume - (at + o_j1 + 5)));    /* e9 rel32 */
+    put32(dst + o_j2 + 1, (int32_t)(plan->resume - (at + o_j2 + 5)));    /* e9 rel32 */
+}
+
+int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp, uint64_t *win,
+                       uint8_t *bytes, uint32_t *len)
+{
+    uint64_t m = plan->patch_at;
+    if ((m & 7) <= 3)
+        *win = m & ~7ULL, *len = 8;
+    else if ((m & 15) <= 11)
+        *win = m & ~15ULL, *len = 16;
+    else
+        return -1; /* the 5 bytes cross a 16-byte boundary: no single atomic store */
+    if (read_self(*win, bytes, *len) != (long)*len)
+        return -1;
+    uint8_t *p = bytes + (m - *win);
+    p[0] = 0xe9;                                         /* jmp rel32 -> trampoline */
+    put32(p + 1, (int32_t)(tramp - (m + 5)));
+    return 0;
+}
+
+void kbox_arch_rw_store(uint64_t win, const uint8_t *bytes, uint32_t len)
+{
+    if (len == 8) {
+        uint64_t v;
+        memcpy(&v, bytes, 8);
+        __atomic_store_n((uint64_t *)(uintptr_t)win, v, __ATOMIC_SEQ_CST);
+        return;
+    }
+    /* 16 bytes: lock cmpxchg16b until it takes (the expected value is re-read each time). */
+    uint64_t nlo, nhi;
+    memcpy(&nlo, bytes, 8);
+    memcpy(&nhi, bytes + 8, 8);
+    volatile uint64_t *q = (volatile uint64_t *)(uintptr_t)win;
+    for (;;) {
+        uint64_t olo = q[0], ohi = q[1];
+        uint8_t ok;
+        __asm__ volatile("lock cmpxchg16b %1; sete %0"
+                         : "=q"(ok), "+m"(*(volatile uint64_t(*)[2])q), "+a"(olo), "+d"(ohi)
+                         : "b"(nlo), "c"(nhi)
+                         : "memory", "cc");
+        if (ok)
+            return;
+    }
+}
+
+int kbox_arch_rw_nr(const struct kbox_rw_frame *f) { return (int)f->rax; }
+
+uint64_t kbox_arch_rw_arg(const struct kbox_rw_frame *f, int i)
+{
+    switch (i) {
+    case 0: return f->rdi;
+    case 1: return f->rsi;
+    case 2: return f->rdx;
+    case 3: return f->r10;
+    case 4: return f->r8;
+    default: return f->r9;
+    }
+}
+
+void kbox_arch_rw_set_result(struct kbox_rw_frame *f, uint64_t resume, int64_t ret)
+{
+    /* What `syscall` leaves: the result in rax, the return address in rcx, rflags in r11. */
+    f->rax = (uint64_t)ret;
+    f->rcx = resume;
+    f->r11 = f->flags;
+}
+
+void kbox_arch_rw_set_trap(struct kbox_rw_frame *f) { f->decision = 1; }

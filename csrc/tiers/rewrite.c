@@ -1,0 +1,258 @@
+/* The rewrite tier: lazy, exhaustive rewriting on top of the trap tier (lazypoline's idea).
+ *
+ * Every syscall site starts on the trap path.  When a site traps, the handler serves the
+ * call and then rewrites the site (kbox_rewrite_site) so that its next execution branches
+ * to a per-site trampoline, which calls kbox_rewrite_entry directly: no signal, no kernel
+ * round trip beyond the syscall itself.  Code that appears later (dlopen, JIT) is covered
+ * the same way, because it traps the first time too.  A site that cannot be rewritten
+ * safely (arch/<arch>/launch/rewrite-<arch>.c says when) simply stays on the trap path.
+ *
+ * Calls that need the signal frame (clone, vfork, execve, rt_sigreturn, the signal-mask
+ * calls) are handed back to the trap path from the trampoline.
+ *
+ * Trampolines live in chunks mapped near the code they serve (the branch range is +-2 GiB on
+ * x86_64, +-128 MiB on aarch64).  Adding one briefly makes its chunk writable (and still
+ * executable, since other threads may be running older trampolines in it); patching a site
+ * briefly adds PROT_WRITE to its page(s).  All of that happens under one lock with every
+ * signal blocked.
+ */
+#include "tiers/rewrite.h"
+#include "tiers/trap.h"
+#include "tiers/vfork.h"
+#include "core/mem.h"
+#include "lib/str.h"
+#include "lib/sys.h"
+#include <linux/mman.h>
+#include <linux/signal.h>
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+#define CHUNK_SIZE (256 * 1024)
+#define MAX_CHUNKS 128
+#define SITE_SLOTS 8192
+
+static struct {
+    bool enabled;
+    int32_t lock;
+    struct { uint64_t start, used; } chunk[MAX_CHUNKS];
+    int nchunks;
+    /* Sites already handled: patched, or found unpatchable (never retried). */
+    uint64_t site[SITE_SLOTS];
+} rw;
+
+void kbox_rewrite_enable(void) { rw.enabled = true; }
+bool kbox_rewrite_enabled(void) { return rw.enabled; }
+
+bool kbox_rewrite_owns(uint64_t pc)
+{
+    for (int i = 0; i < rw.nchunks; i++)
+        if (pc >= rw.chunk[i].start && pc < rw.chunk[i].start + CHUNK_SIZE)
+            return true;
+    return false;
+}
+
+/* Calls whose handling needs the interrupted context (a signal frame). */
+static bool needs_trap(int nr)
+{
+    switch (nr) {
+    case __NR_rt_sigreturn:
+    case __NR_clone:
+    case __NR_clone3:
+#ifdef __NR_fork
+    case __NR_fork:
+#endif
+#ifdef __NR_vfork
+    case __NR_vfork:
+#endif
+    case __NR_execve:
+    case __NR_execveat:
+    case __NR_rt_sigprocmask:
+    case __NR_sigaltstack:
+    case __NR_rt_sigpending:
+    case __NR_exit:
+    case __NR_exit_group:
+    case KBOX_NR_VFORK_DONE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site)
+{
+    int nr = kbox_arch_rw_nr(f);
+    if (needs_trap(nr)) {
+        kbox_arch_rw_set_trap(f);
+        return;
+    }
+    struct kbox_req req;
+    req.nr = nr;
+    for (int i = 0; i < 6; i++)
+        req.args[i] = kbox_arch_rw_arg(f, i);
+    req.ip = site + KBOX_SYSCALL_INSN_LEN;
+    req.tier = KBOX_TIER_REWRITE;
+    req.path = KBOX_PATH_REWRITTEN;
+    req.pid = req.tid = 0;
+    int64_t ret = kbox_trap_serve_direct(&req);
+    kbox_arch_rw_set_result(f, site + KBOX_SYSCALL_INSN_LEN, ret);
+}
+
+/* ---- bookkeeping -------------------------------------------------------------------------- */
+
+static bool site_seen(uint64_t site, bool insert)
+{
+    for (uint32_t i = (uint32_t)((site >> 2) * 2654435761u) % SITE_SLOTS, n = 0; n < SITE_SLOTS;
+         i = (i + 1) % SITE_SLOTS, n++) {
+        if (rw.site[i] == site)
+            return true;
+        if (rw.site[i] == 0) {
+            if (insert)
+                rw.site[i] = site;
+            return false;
+        }
+    }
+    return true; /* table full: stop rewriting, the trap path still serves everything */
+}
+
+static void lock(void)
+{
+    for (;;) {
+        int32_t zero = 0;
+        if (__atomic_compare_exchange_n(&rw.lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return;
+        KSYS6(__NR_futex, &rw.lock, 0 /* FUTEX_WAIT */, 1, NULL, NULL, 0);
+    }
+}
+
+static void unlock(void)
+{
+    __atomic_store_n(&rw.lock, 0, __ATOMIC_RELEASE);
+    KSYS6(__NR_futex, &rw.lock, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+}
+
+static uint64_t dist(uint64_t a, uint64_t b) { return a > b ? a - b : b - a; }
+
+/* A trampoline slot of `size` bytes within `reach` of `near`. */
+static uint64_t alloc_tramp(uint64_t near, uint64_t reach, uint64_t size)
+{
+    size = (size + 15) & ~15ULL;
+    for (int i = 0; i < rw.nchunks; i++) {
+        uint64_t at = rw.chunk[i].start + rw.chunk[i].used;
+        if (rw.chunk[i].used + size <= CHUNK_SIZE && dist(at, near) + size < reach &&
+            dist(rw.chunk[i].start, near) < reach) {
+            rw.chunk[i].used += size;
+            return at;
+        }
+    }
+    if (rw.nchunks == MAX_CHUNKS)
+        return 0;
+    /* Probe free address space around `near`, below first (code sits above the heap gap). */
+    uint64_t step = 1ULL << 20, base = near & ~(uint64_t)(CHUNK_SIZE - 1);
+    for (uint64_t d = step; d + CHUNK_SIZE < reach; d += step) {
+        for (int dir = 0; dir < 2; dir++) {
+            uint64_t cand = dir ? base + d : base - d;
+            if (!dir && base < d + 65536)
+                continue;
+            long r = kbox_mmap((void *)(uintptr_t)cand, CHUNK_SIZE, PROT_READ | PROT_EXEC,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            if (kbox_is_err(r))
+                continue;
+            if ((uint64_t)r != cand) { /* an old kernel ignoring NOREPLACE */
+                kbox_munmap((void *)r, CHUNK_SIZE);
+                continue;
+            }
+            rw.chunk[rw.nchunks].start = cand;
+            rw.chunk[rw.nchunks].used = size;
+            rw.nchunks++;
+            return cand;
+        }
+    }
+    return 0;
+}
+
+/* Protection of the mapping containing `addr`, from /proc/self/maps (-1 if unknown). */
+static int prot_of(uint64_t addr)
+{
+    static char buf[64 * 1024];
+    long fd = kbox_openat(-100, "/proc/self/maps", 0, 0);
+    if (fd < 0)
+        return -1;
+    long n = 0, r;
+    while (n < (long)sizeof(buf) - 1 && (r = kbox_read((int)fd, buf + n, sizeof(buf) - 1 - (size_t)n)) > 0)
+        n += r;
+    kbox_close((int)fd);
+    buf[n] = 0;
+    for (char *line = buf; *line;) {
+        uint64_t lo = 0, hi = 0;
+        char *p = line;
+        while (*p && *p != '-') { lo = lo * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
+        if (*p) p++;
+        while (*p && *p != ' ') { hi = hi * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
+        if (*p) p++;
+        if (addr >= lo && addr < hi && p[0] && p[1] && p[2])
+            return (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
+                   (p[2] == 'x' ? PROT_EXEC : 0);
+        while (*line && *line != '\n')
+            line++;
+        if (*line)
+            line++;
+    }
+    return -1;
+}
+
+static bool patch(uint64_t site)
+{
+    struct kbox_rw_plan plan;
+    if (kbox_arch_rw_plan(site, &plan) < 0)
+        return false;
+    uint64_t size = kbox_arch_rw_tramp_size(&plan);
+    uint64_t tramp = alloc_tramp(plan.patch_at, plan.reach, size);
+    if (!tramp)
+        return false;
+    uint64_t win;
+    uint8_t bytes[16];
+    uint32_t len;
+    if (kbox_arch_rw_patch(&plan, tramp, &win, bytes, &len) < 0)
+        return false; /* the slot is wasted; harmless */
+
+    /* The trampoline first, then the branch to it. */
+    uint64_t cstart = tramp & ~(uint64_t)(CHUNK_SIZE - 1);
+    for (int i = 0; i < rw.nchunks; i++)
+        if (tramp >= rw.chunk[i].start && tramp < rw.chunk[i].start + CHUNK_SIZE)
+            cstart = rw.chunk[i].start;
+    if (kbox_mprotect((void *)(uintptr_t)cstart, CHUNK_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC) < 0)
+        return false;
+    kbox_arch_rw_emit((uint8_t *)(uintptr_t)tramp, tramp, &plan);
+    kbox_mprotect((void *)(uintptr_t)cstart, CHUNK_SIZE, PROT_READ | PROT_EXEC);
+    __builtin___clear_cache((char *)(uintptr_t)tramp, (char *)(uintptr_t)(tramp + size));
+
+    uint64_t pg = win & ~4095ULL, pg_end = (win + len + 4095) & ~4095ULL;
+    int prot = prot_of(win);
+    if (prot < 0 || !(prot & PROT_EXEC) || (pg_end - pg > 4096 && prot_of(pg + 4096) != prot))
+        return false;
+    if (kbox_mprotect((void *)(uintptr_t)pg, pg_end - pg, prot | PROT_WRITE) < 0)
+        return false;
+    kbox_arch_rw_store(win, bytes, len);
+    kbox_mprotect((void *)(uintptr_t)pg, pg_end - pg, prot);
+    __builtin___clear_cache((char *)(uintptr_t)win, (char *)(uintptr_t)(win + len));
+    return true;
+}
+
+void kbox_rewrite_site(uint64_t site, int nr)
+{
+    if (!rw.enabled || needs_trap(nr) || kbox_rewrite_owns(site))
+        return;
+    /* Never our own code (the launcher image, which is linked at a fixed address). */
+    extern const char __executable_start[], _end[];
+    if (site >= (uint64_t)(uintptr_t)__executable_start && site < (uint64_t)(uintptr_t)_end)
+        return;
+    uint64_t all = ~0ULL, saved;
+    KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &all, &saved, 8);
+    lock();
+    if (!site_seen(site, true))
+        patch(site);
+    unlock();
+    KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &saved, NULL, 8);
+}

@@ -1,0 +1,50 @@
+/* The rewrite tier: syscall sites patched to branch into the interposer (see rewrite.c). */
+#ifndef KBOX_TIERS_REWRITE_H
+#define KBOX_TIERS_REWRITE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Registers a trampoline saves, in the order the arch template stores them; the
+ * dispatcher reads the call from here and writes the result back. */
+struct kbox_rw_frame;
+
+/* What the arch code decided about one site. */
+struct kbox_rw_plan {
+    uint64_t site;          /* address of the syscall instruction */
+    uint64_t patch_at;      /* first byte the patch overwrites */
+    uint64_t resume;        /* where the guest continues after the call */
+    uint8_t reloc[16];      /* instruction bytes the trampoline re-executes first */
+    uint32_t reloc_len;
+    uint64_t reach;         /* the trampoline must lie within +-reach of patch_at */
+};
+
+/* Entered from a trampoline with the guest's saved registers. */
+void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site);
+
+/* Called by the trap handler after serving a trapped call from `site`: rewrites the site
+ * if it can, so its next execution takes the trampoline. */
+void kbox_rewrite_site(uint64_t site, int nr);
+/* True if `pc` is inside a trampoline (a trap from there must not be rewritten). */
+bool kbox_rewrite_owns(uint64_t pc);
+/* Enables the tier in this process. */
+void kbox_rewrite_enable(void);
+bool kbox_rewrite_enabled(void);
+
+/* ---- arch/<arch>/launch/rewrite-<arch>.c ---- */
+int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan);
+/* Size of one trampoline, and writing it at `dst` (which will execute at `at`). */
+uint64_t kbox_arch_rw_tramp_size(const struct kbox_rw_plan *plan);
+void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *plan);
+/* The patched bytes for the site: an aligned window [*win, *win+len) to store atomically. */
+int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp, uint64_t *win,
+                       uint8_t *bytes, uint32_t *len);
+/* Atomic store of a window of len (4, 8 or 16) bytes. */
+void kbox_arch_rw_store(uint64_t win, const uint8_t *bytes, uint32_t len);
+/* The syscall number, arguments and result slots of a frame. */
+int kbox_arch_rw_nr(const struct kbox_rw_frame *f);
+uint64_t kbox_arch_rw_arg(const struct kbox_rw_frame *f, int i);
+void kbox_arch_rw_set_result(struct kbox_rw_frame *f, uint64_t site_resume, int64_t ret);
+void kbox_arch_rw_set_trap(struct kbox_rw_frame *f);
+
+#endif
