@@ -224,6 +224,16 @@ static bool wants_wx(const struct kbox_req *req)
 
 /* ---- the dispatcher ------------------------------------------------------------------ */
 
+bool kbox_dispatch_passthrough(const struct kbox_policy *p, int nr)
+{
+    if (nr < 0 || nr >= KBOX_NR_MAX || p->trace || p->stats || p->virtual_pid || p->deny_errno[nr])
+        return false;
+    struct kbox_req probe = { .nr = nr, .tier = KBOX_TIER_REWRITE };
+    probe.args[2] = PROT_WRITE | PROT_EXEC; /* the one argument-dependent rule: W^X */
+    return !(p->enforce_wx && wants_wx(&probe));
+}
+
+
 void kbox_dispatch_enter(const struct kbox_policy *p, const struct kbox_req *req,
                          struct kbox_answer *ans)
 {

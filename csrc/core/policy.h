@@ -29,6 +29,10 @@ void kbox_dispatch_enter(const struct kbox_policy *p, const struct kbox_req *req
 int64_t kbox_dispatch_exit(const struct kbox_policy *p, const struct kbox_req *req,
                            const struct kbox_answer *ans, int64_t ret, enum kbox_ret_state state);
 
+/* True if, under this policy, the dispatcher would run call `nr` unchanged and leave its
+ * result alone, with nothing to record: a tier may then skip the dispatcher entirely. */
+bool kbox_dispatch_passthrough(const struct kbox_policy *p, int nr);
+
 /* Writes one trace line for `req` (used directly by tiers for calls that never return,
  * before they are made). */
 void kbox_dispatch_trace(const struct kbox_policy *p, const struct kbox_req *req, int64_t ret,

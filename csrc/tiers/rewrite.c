@@ -20,6 +20,7 @@
 #include "tiers/trap.h"
 #include "tiers/vfork.h"
 #include "core/mem.h"
+#include "core/policy.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include <linux/mman.h>
@@ -42,7 +43,7 @@ static struct {
     uint64_t site[SITE_SLOTS];
 } rw;
 
-void kbox_rewrite_enable(void) { rw.enabled = true; }
+
 bool kbox_rewrite_enabled(void) { return rw.enabled; }
 
 bool kbox_rewrite_owns(uint64_t pc)
@@ -80,9 +81,27 @@ static bool needs_trap(int nr)
     }
 }
 
+/* Per syscall number: nothing to do but run it (no policy applies, no runtime fix-up, no
+ * signal frame needed), so the trampoline's call costs one table lookup. */
+static uint8_t fast[KBOX_NR_MAX];
+
+void kbox_rewrite_enable(const struct kbox_policy *p)
+{
+    for (int nr = 0; nr < KBOX_NR_MAX; nr++)
+        fast[nr] = kbox_dispatch_passthrough(p, nr) && !kbox_trap_runtime_special(nr) && !needs_trap(nr);
+    rw.enabled = true;
+}
+
 void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site)
 {
     int nr = kbox_arch_rw_nr(f);
+    if ((unsigned)nr < KBOX_NR_MAX && fast[nr]) {
+        int64_t r = kbox_syscall6(nr, (long)kbox_arch_rw_arg(f, 0), (long)kbox_arch_rw_arg(f, 1),
+                                  (long)kbox_arch_rw_arg(f, 2), (long)kbox_arch_rw_arg(f, 3),
+                                  (long)kbox_arch_rw_arg(f, 4), (long)kbox_arch_rw_arg(f, 5));
+        kbox_arch_rw_set_result(f, site + KBOX_SYSCALL_INSN_LEN, r);
+        return;
+    }
     if (needs_trap(nr)) {
         kbox_arch_rw_set_trap(f);
         return;

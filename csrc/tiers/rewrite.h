@@ -28,7 +28,8 @@ void kbox_rewrite_site(uint64_t site, int nr);
 /* True if `pc` is inside a trampoline (a trap from there must not be rewritten). */
 bool kbox_rewrite_owns(uint64_t pc);
 /* Enables the tier in this process. */
-void kbox_rewrite_enable(void);
+struct kbox_policy;
+void kbox_rewrite_enable(const struct kbox_policy *p);
 bool kbox_rewrite_enabled(void);
 
 /* ---- arch/<arch>/launch/rewrite-<arch>.c ---- */

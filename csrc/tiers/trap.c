@@ -680,6 +680,29 @@ static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, k
 
 /* ---- serving without a signal frame (rewrite trampolines) ------------------------------------ */
 
+/* Calls runtime_fixup() treats specially; everything else the runtime passes through. */
+bool kbox_trap_runtime_special(int nr)
+{
+    switch (nr) {
+    case __NR_rt_sigaction: case __NR_rt_sigprocmask: case __NR_rt_sigsuspend: case __NR_ppoll:
+    case __NR_epoll_pwait: case __NR_pselect6: case __NR_close: case __NR_dup3:
+    case __NR_close_range: case __NR_readlinkat: case __NR_sigaltstack: case __NR_rt_sigpending:
+#ifdef __NR_epoll_pwait2
+    case __NR_epoll_pwait2:
+#endif
+#ifdef __NR_dup2
+    case __NR_dup2:
+#endif
+#ifdef __NR_readlink
+    case __NR_readlink:
+#endif
+        return true;
+    default:
+        return false;
+    }
+}
+
+
 int64_t kbox_trap_serve_direct(struct kbox_req *req)
 {
     const struct kbox_policy *p = rt.policy;
@@ -855,7 +878,7 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
     rt.policy = L->policy;
     rt.launch = L;
     if (L->rewrite)
-        kbox_rewrite_enable();
+        kbox_rewrite_enable(L->policy);
     kbox_mem_init_self(&rt.self_mem);
     rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
     rt.reserved_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
