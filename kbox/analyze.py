@@ -329,7 +329,16 @@ def probe_kernel_caps(timeout: float = 10.0) -> KernelCaps:
         mmap_min_addr=mmap_min,
         page0_mappable=mmap_min == 0 or os.geteuid() == 0,
         notify_sync_wakeup=(probed["sync_wakeup"] == 0) if "sync_wakeup" in probed else None,
+        # The rewrite tier is trap plus lazy patching: available wherever trap is, with the
+        # C core built for this machine.
+        rewrite_available="trap" in actions and _launcher_built(),
     )
+
+
+def _launcher_built() -> bool:
+    from kbox import native
+
+    return (native.native_dir() / "kbox-launch").exists()
 
 
 def decide_mode(report: Report, caps: KernelCaps) -> tuple[str, str]:
@@ -353,9 +362,10 @@ def decide_mode(report: Report, caps: KernelCaps) -> tuple[str, str]:
         return "seccomp", "the kernel lacks SECCOMP_RET_TRAP, which the in-process tiers need"
     blockers = report.rewrite_blockers
     if caps.rewrite_available and not blockers:
-        how = ("page-0 trampoline" if caps.page0_mappable or info.machine == "aarch64"
-               else "jump-patched wrappers, other sites trapped (page 0 not mappable)")
-        return "rewrite", f"no rewrite blocker found; in-process rewrite via {how}, trap as safety net"
+        how = ("svc #0 -> b to per-site trampolines" if info.machine == "aarch64"
+               else "the instruction before each syscall relocated into a per-site trampoline")
+        return "rewrite", (f"no rewrite blocker found; sites are rewritten lazily ({how}); "
+                           "sites that cannot be patched stay on the trap path, which is the safety net")
     if blockers:
         return "trap", "rewrite blocked: " + "; ".join(blockers)
     straddle = sum(len(o.straddling) for o in report.objects)

@@ -34,9 +34,12 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "  seccomp  a supervisor process answers seccomp user notifications; contains the program\n"
         "  trap     a SIGSYS handler inside the program's process (seccomp RET_TRAP, or Syscall\n"
         "           User Dispatch with --trap-backend sud on x86_64); ~10x faster per call\n"
-        "  auto     trap where it is known correct, seccomp otherwise (see `kbox analyze PROG`)\n",
+        "  rewrite  trap, plus each syscall site rewritten on first use to branch straight into\n"
+        "           the interposer (x86_64 and aarch64); sites it cannot patch stay on trap\n"
+        "  auto     rewrite where it is correct, seccomp for setuid programs or kernels without\n"
+        "           SECCOMP_RET_TRAP (see `kbox analyze PROG`)\n",
     )
-    p.add_argument("--syscall-mode", choices=("auto", "seccomp", "trap"), default="auto",
+    p.add_argument("--syscall-mode", choices=("auto", "seccomp", "trap", "rewrite"), default="auto",
                    help="interception tier (default: auto)")
     p.add_argument("--trap-backend", choices=("seccomp", "sud"), default=None,
                    help="what raises SIGSYS in the trap tier (default: seccomp RET_TRAP)")
@@ -48,7 +51,7 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="fail syscall NAME with ERRNO (default EPERM) without running it; repeatable")
     p.add_argument("--virtual-pid", action="store_true",
                    help="PID-namespace view: the program is pid 1, later processes and threads "
-                   "get the next numbers (in-process tiers)")
+                   "get the next numbers (in-process tiers: trap, rewrite)")
     p.add_argument("--stats", action="store_true",
                    help="at exit, a table of syscalls: count and which path served them")
     p.add_argument("--allow-wx", action="store_true",
@@ -73,8 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if mode == "seccomp" and args.virtual_pid:
         raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
                         "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)
-    if args.trap_backend and mode != "trap":
-        raise UserError("kbox run: --trap-backend applies to --syscall-mode=trap only", 2)
+    if args.trap_backend and mode not in ("trap", "rewrite"):
+        raise UserError("kbox run: --trap-backend applies to the in-process tiers (trap, rewrite) only", 2)
     argv = runner.launch_argv(
         path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
         trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,

@@ -13,7 +13,7 @@ from functools import lru_cache
 from kbox import native
 from kbox.errors import UserError
 
-MODES = ("auto", "seccomp", "trap")
+MODES = ("auto", "seccomp", "trap", "rewrite")
 TRAP_BACKENDS = ("seccomp", "sud")
 
 
@@ -29,9 +29,10 @@ def _seccomp_actions() -> frozenset[str]:
 def auto_mode(path: str, *, virtual_pid: bool = False) -> tuple[str, str]:
     """(mode, reason) for --syscall-mode=auto.
 
-    Mirrors kbox.analyze.decide_mode for the facts that need no disassembly (the rewrite
-    tier, the only choice that needs the site analysis, is not built yet), so `kbox run`
-    decides in microseconds; `kbox analyze` explains the same decision in full.
+    Mirrors kbox.analyze.decide_mode for the facts that need no disassembly, so `kbox run`
+    decides in microseconds; `kbox analyze` explains the same decision in full.  (The only
+    analysis blocker, 32-bit `int 0x80` sites, makes a program fail under every tier: the
+    filters kill a foreign-ABI syscall.)
     """
     st = os.stat(path)
     if st.st_mode & 0o6000:
@@ -39,7 +40,8 @@ def auto_mode(path: str, *, virtual_pid: bool = False) -> tuple[str, str]:
     actions = _seccomp_actions()
     if "trap" not in actions:
         return "seccomp", "the kernel lacks SECCOMP_RET_TRAP, which the in-process tiers need"
-    return "trap", "in-process trap tier: a SIGSYS round trip costs far less than a supervisor's"
+    return "rewrite", ("in-process: sites are rewritten to branch into the interposer on first "
+                       "use; the trap path serves whatever cannot be rewritten")
 
 
 def launch_argv(
@@ -60,7 +62,7 @@ def launch_argv(
     """The argv of kbox-launch running `prog args...` under `mode`."""
     if mode == "auto":
         mode, _ = auto_mode(prog, virtual_pid=virtual_pid)
-    if mode not in ("seccomp", "trap", "none"):
+    if mode not in ("seccomp", "trap", "rewrite", "none"):
         raise UserError(f"kbox: unknown syscall mode {mode!r} (choose from {', '.join(MODES)})", 2)
     cmd = [str(native.launcher_path()), f"--syscall-mode={mode}"]
     if trap_backend:

@@ -22,7 +22,7 @@ GUEST_SRC = REPO / "tests" / "guest"
 
 # Modes every end-to-end test runs under.  Add "rewrite" and "auto" here when they exist;
 # KBOX_TEST_MODES (comma-separated) overrides for a one-off run.
-MODES: list[str] = [m for m in os.environ.get("KBOX_TEST_MODES", "seccomp,trap").split(",")
+MODES: list[str] = [m for m in os.environ.get("KBOX_TEST_MODES", "seccomp,trap,rewrite,auto").split(",")
                     if m]
 
 # Generous: the seccomp tier makes every syscall a round trip through the supervisor.

@@ -216,7 +216,10 @@ def test_trace_prints_openat_with_decoded_path(mode: str, secret: Path) -> None:
     res = kbox_cli("run", f"--syscall-mode={mode}", "--trace", "--", tool("cat"), str(secret))
     assert res.returncode == 0 and res.stdout == "top secret\n", res.describe()
     lines = [ln for ln in res.stderr.splitlines() if "openat(" in ln]
-    assert any(f'"{secret}"' in ln and "O_RDONLY" in ln and re.search(r"\) = \d+$", ln.rstrip())
+    # The seccomp supervisor never sees the result of a call the kernel runs after its
+    # CONTINUE answer: strace's "= ?" (docs/tiers.md).  The in-process tiers see it.
+    result = r"\) = \?$" if mode == "seccomp" else r"\) = \d+$"
+    assert any(f'"{secret}"' in ln and "O_RDONLY" in ln and re.search(result, ln.rstrip())
                for ln in lines), res.describe()
     # Following is the default: the trace covers execve into cat and the loader's opens.
     assert any("libc.so.6" in ln for ln in lines), res.describe()
@@ -233,7 +236,10 @@ def test_trace_json_lines_parse(mode: str, secret: Path, tmp_path: Path) -> None
     for key in ("pid", "tid", "nr", "name", "args", "ret", "tier"):
         assert all(key in r for r in records), f"missing {key}: {records[0]}"
     opens = [r for r in records if r["name"] == "openat" and str(secret) in json.dumps(r)]
-    assert opens and isinstance(opens[0]["ret"], int) and opens[0]["ret"] >= 0, opens
+    if mode == "seccomp":
+        assert opens and opens[0]["ret"] is None and opens[0]["tier"] == "seccomp", opens
+    else:
+        assert opens and isinstance(opens[0]["ret"], int) and opens[0]["ret"] >= 0, opens
     assert "openat(" not in res.stderr, "the trace went to stderr despite --trace-output"
 
 
