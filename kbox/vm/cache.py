@@ -31,7 +31,7 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "kbox"
 
 
-def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+def _hash_file(h: hashlib._Hash, path: Path) -> None:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

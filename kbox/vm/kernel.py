@@ -15,8 +15,12 @@ import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Self
 
+from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import NoteSegment
 
 from kbox.errors import UserError
 
@@ -123,14 +127,14 @@ def has_pvh_note(elf_bytes: bytes) -> bool:
     try:
         elf = ELFFile(io.BytesIO(elf_bytes))
         for seg in elf.iter_segments():
-            if seg["p_type"] != "PT_NOTE":
+            if not isinstance(seg, NoteSegment):
                 continue
             for note in seg.iter_notes():
                 if note["n_name"] == _PVH_NOTE_NAME and note["n_type"] in (_PVH_NOTE_TYPE,
                                                                          "XEN_ELFNOTE_PHYS32_ENTRY"):
                     return True
-    except Exception:  # a malformed ELF is simply "not PVH-bootable"; the caller falls back
-        return False
+    except (ELFError, ConstructError, ValueError, struct.error):
+        return False  # a malformed ELF is simply "not PVH-bootable"; the caller falls back
     return False
 
 
@@ -282,14 +286,17 @@ class CpioWriter:
     and the kernel links them to the first (init/initramfs.c, find_link).
     """
 
-    def __init__(self, out: Path | "io.BufferedWriter") -> None:
-        self._own = not hasattr(out, "write")
-        self._f = open(out, "wb") if self._own else out  # type: ignore[arg-type]
+    def __init__(self, out: Path | BinaryIO) -> None:
+        self._f: BinaryIO
+        if isinstance(out, Path):
+            self._f, self._own = open(out, "wb"), True  # noqa: SIM115 (closed by close())
+        else:
+            self._f, self._own = out, False
         self._ino = 1
         self._links: dict[tuple[int, int], int] = {}
         self._pos = 0
 
-    def __enter__(self) -> "CpioWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
