@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,41 @@ def test_prune_drops_matching_paths_only(tmp_path: Path) -> None:
     images._prune(tmp_path, ["usr/share/doc", "usr/lib/*/gconv", "usr/lib/git-core/git-http-*"])
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["usr/lib/git-core/git", "usr/lib/x86_64-linux-gnu/libc.so.6"]
+
+
+_CONCURRENT = r"""
+import json, sys
+from pathlib import Path
+from kbox.vm import images
+images.REPO = Path(sys.argv[1])
+base = Path(sys.argv[2])
+images._ensure_base = lambda a, s, r, p: (base, {})
+images.check_host = lambda a: None
+img = images.ensure_image(sys.argv[3], "6.1", progress=False)
+print(img.cache_dir)
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("dropbearkey") is None,
+                    reason="needs gcc and dropbearkey")
+def test_concurrent_builders_build_the_kbox_layer_once(CACHE: Path, tmp_path: Path) -> None:
+    arch = images.host_arch()
+    if arch not in ARCHES or ARCHES[arch].initrd_compression:
+        pytest.skip("host arch must be a plain-initrd guest arch")
+    repo = tmp_path / "repo"
+    _fake_repo(repo)
+    # Count C-core builds: every make run appends a line to a file outside the cache.
+    counter = tmp_path / "builds"
+    mk = (repo / "csrc/Makefile").read_text()
+    (repo / "csrc/Makefile").write_text(mk.replace("all:\n", f"all:\n\techo x >> {counter}\n"
+                                                   "\tsleep 1\n", 1))
+    base = _fake_base(CACHE, arch, "6.1")
+    env = dict(os.environ, KBOX_CACHE=str(CACHE),
+               PYTHONPATH=str(Path(images.__file__).resolve().parents[2]))
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(repo), str(base), arch],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert len({o[0].strip() for o in outs}) == 1  # all got the same entry
+    assert counter.read_text().count("x") == 1
