@@ -37,7 +37,7 @@ static long read_self(uint64_t addr, void *buf, size_t len)
 
 /* /proc/self/maps: the start of the mapping at file offset 0 of the file mapped at `addr`
  * (where its ELF header is), or 0. */
-static uint64_t object_base(uint64_t addr)
+static uint64_t object_base(uint64_t addr, char *path_out, size_t path_cap)
 {
     static char buf[64 * 1024];
     long fd = kbox_openat(-100, "/proc/self/maps", 0, 0);
@@ -75,8 +75,11 @@ static uint64_t object_base(uint64_t addr)
                 path[plen] = 0;
                 break;
             }
-            if (pass == 1 && off == 0 && plen == kbox_strlen(path) && memcmp(p, path, plen) == 0)
+            if (pass == 1 && off == 0 && plen == kbox_strlen(path) && memcmp(p, path, plen) == 0) {
+                if (kbox_strlen(path) < path_cap)
+                    memcpy(path_out, path, kbox_strlen(path) + 1);
                 return lo;
+            }
             line = *end ? end + 1 : end;
         }
         if (!path[0])
@@ -104,10 +107,128 @@ static int64_t read_enc(uint64_t *p, uint8_t enc, uint64_t datarel)
     }
 }
 
+static uint64_t uleb(const uint8_t **p, const uint8_t *end)
+{
+    uint64_t v = 0;
+    int shift = 0;
+    while (*p < end) {
+        uint8_t b = *(*p)++;
+        if (shift < 64)
+            v |= (uint64_t)(b & 0x7f) << shift;
+        shift += 7;
+        if (!(b & 0x80))
+            break;
+    }
+    return v;
+}
+
+/* Objects without .eh_frame_hdr (static executables: gcc passes --eh-frame-hdr only when
+ * linking dynamically): find .eh_frame through the file's section headers and scan its
+ * FDEs (DWARF CFI: CIE augmentation "zR..." gives the FDE pointer encoding). */
+static int eh_frame_scan(const char *path, uint64_t bias, uint64_t site, uint64_t *start, uint64_t *end)
+{
+    if (!path[0])
+        return -1;
+    long fd = kbox_openat(-100, path, 0, 0);
+    if (fd < 0)
+        return -1;
+    Elf64_Ehdr eh;
+    Elf64_Shdr sh[128], *ehf = NULL;
+    char names[4096];
+    int ok = kbox_pread((int)fd, &eh, sizeof(eh), 0) == sizeof(eh) && eh.e_shnum <= 128 &&
+             eh.e_shentsize == sizeof(Elf64_Shdr) && eh.e_shstrndx < eh.e_shnum &&
+             kbox_pread((int)fd, sh, eh.e_shnum * sizeof(Elf64_Shdr), (long)eh.e_shoff) ==
+                 (long)(eh.e_shnum * sizeof(Elf64_Shdr));
+    long nn = ok ? kbox_pread((int)fd, names, sizeof(names) - 1, (long)sh[eh.e_shstrndx].sh_offset) : -1;
+    kbox_close((int)fd);
+    if (nn <= 0)
+        return -1;
+    names[nn] = 0;
+    for (int i = 0; i < eh.e_shnum; i++)
+        if (sh[i].sh_name < (uint32_t)nn && kbox_strcmp(names + sh[i].sh_name, ".eh_frame") == 0)
+            ehf = &sh[i];
+    if (!ehf || !ehf->sh_addr || ehf->sh_size > (64u << 20))
+        return -1;
+    uint64_t sec = bias + ehf->sh_addr;
+    size_t size = (size_t)ehf->sh_size;
+    long m = kbox_mmap(NULL, size, 0x3, 0x22, -1, 0);
+    if (kbox_is_err(m))
+        return -1;
+    const uint8_t *buf = (const uint8_t *)m, *p = buf, *lim = buf + size;
+    int rc = -1;
+    uint8_t cie_enc[8] = { 0 };
+    uint64_t cie_off[8] = { 0 };
+    int ncie = 0;
+    uint64_t best = 0, best_end = 0;
+    if (read_self(sec, (void *)buf, size) != (long)size)
+        goto out;
+    while (p + 8 <= lim) {
+        uint32_t len;
+        memcpy(&len, p, 4);
+        if (len == 0 || len == 0xffffffffu || p + 4 + len > lim)
+            break;
+        const uint8_t *rec = p + 4, *rend = p + 4 + len;
+        uint32_t id;
+        memcpy(&id, rec, 4);
+        if (id == 0) { /* CIE: remember its pointer encoding */
+            const uint8_t *q = rec + 5;
+            const char *aug = (const char *)q;
+            while (q < rend && *q)
+                q++;
+            q++;
+            uleb(&q, rend);            /* code alignment */
+            uleb(&q, rend);            /* data alignment (sleb; only skipped) */
+            if (rec[4] == 1) q++; else uleb(&q, rend); /* return address register */
+            uint8_t enc = 0;
+            if (aug[0] == 'z') {
+                uleb(&q, rend);
+                for (const char *a = aug + 1; *a && q < rend; a++) {
+                    if (*a == 'R') enc = *q++;
+                    else if (*a == 'L') q++;
+                    else if (*a == 'P') { uint8_t pe = *q++; q += (pe & 0x0f) == 0x0b || (pe & 0x0f) == 0x03 ? 4 : 8; }
+                    else if (*a != 'S' && *a != 'B') break;
+                }
+            }
+            if (ncie < 8) {
+                cie_off[ncie] = (uint64_t)(p - buf);
+                cie_enc[ncie++] = enc;
+            }
+        } else { /* FDE: pc_begin (encoded), pc_range */
+            uint64_t cie = (uint64_t)(rec - buf) - id;
+            uint8_t enc = 0x1b;
+            for (int i = 0; i < ncie; i++)
+                if (cie_off[i] == cie)
+                    enc = cie_enc[i];
+            if ((enc & 0x0f) == 0x0b && (enc & 0x70) == 0x10 && rec + 12 <= rend) {
+                int32_t rel, range;
+                memcpy(&rel, rec + 4, 4);
+                memcpy(&range, rec + 8, 4);
+                uint64_t lo = sec + (uint64_t)(rec + 4 - buf) + (uint64_t)(int64_t)rel;
+                if (site >= lo && site < lo + (uint32_t)range) {
+                    best = lo;
+                    best_end = lo + (uint32_t)range;
+                    break;
+                }
+            }
+        }
+        p = rend;
+    }
+    if (best) {
+        *start = best;
+        *end = best_end;
+        rc = 0;
+    }
+out:
+    kbox_munmap((void *)buf, size);
+    return rc;
+}
+
 /* Start and end (next function's start) of the function containing `site`. */
 static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
 {
-    uint64_t base = object_base(site);
+    char path[512];
+    path[0] = 0;
+    uint64_t base = object_base(site, path, sizeof(path));
     if (!base)
         return -1;
     Elf64_Ehdr eh;
@@ -124,9 +245,11 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
         if (ph[i].p_type == PT_GNU_EH_FRAME)
             hdr_vaddr = ph[i].p_vaddr;
     }
-    if (!hdr_vaddr || first_vaddr == ~0ULL)
+    if (first_vaddr == ~0ULL)
         return -1;
     uint64_t bias = base - (first_vaddr & ~4095ULL);
+    if (!hdr_vaddr)
+        return eh_frame_scan(path, bias, site, start, end);
     uint64_t hdr = bias + hdr_vaddr;
     uint8_t h[4];
     if (read_self(hdr, h, 4) != 4 || h[0] != 1)
