@@ -9,11 +9,12 @@ Two cache layers (see cache.py):
                                 test programs and the SSH keys). Keyed by the base key + the
                                 sources under kbox/, csrc/ and tests/guest/.
 Editing kbox rebuilds only the second layer (seconds); the first is downloaded once.
-The kernel unpacks concatenated cpio archives in order, so the layers need no merging.
+The kernel unpacks concatenated cpio archives in order, so the layers need no merging; for
+an arch whose table entry sets initrd_compression (aarch64: lz4) the whole initrd is then
+compressed as one legacy lz4 stream.
 """
 from __future__ import annotations
 
-import compileall
 import fnmatch
 import glob
 import json
@@ -238,16 +239,30 @@ def _prune(root: Path, patterns: list[str]) -> None:
                     p.unlink()
 
 
-def _compile_python(root: Path, dirs: list[str], mode: py_compile.PycInvalidationMode) -> None:
+def _guest_python_compiler() -> str | None:
+    """A host interpreter of the guest's Python version (3.11), whose bytecode the guest reads."""
+    if sys.version_info[:2] == (3, 11):
+        return sys.executable
+    return shutil.which("python3.11")
+
+
+def _compile_python(root: Path, dirs: list[str], mode: py_compile.PycInvalidationMode,
+                    progress: bool = True) -> None:
     """Precompile bytecode on the host: Debian ships none (postinst makes it), and compiling
-    the stdlib at every guest boot costs seconds under TCG. The host's 3.11 writes the same
-    bytecode format (magic 3495) as the guest's 3.11."""
-    if sys.version_info[:2] != (3, 11):
-        return  # a different magic would just be ignored by the guest; skip the work
+    the stdlib at every guest boot costs seconds under TCG. Any 3.11 writes the bytecode
+    format (magic 3495) the guest's 3.11 reads."""
+    py = _guest_python_compiler()
+    if py is None:
+        _progress(progress, "no host python3.11: the guest will compile Python modules at "
+                  "import (slower); apt-get install python3.11")
+        return
     for d in dirs:
         if (root / d).is_dir():
-            compileall.compile_dir(str(root / d), ddir="/" + d, quiet=2, workers=os.cpu_count() or 1,
-                                   invalidation_mode=mode)
+            # -d: tracebacks in the guest name the guest's paths; errors (e.g. lib2to3's
+            # Python 2 test data) are not fatal, those modules are simply compiled at import.
+            subprocess.run([py, "-m", "compileall", "-q", "-j0", "-d", "/" + d,
+                            "--invalidation-mode", mode.name.lower().replace("_", "-"),
+                            str(root / d)], capture_output=True, timeout=600, check=False)
 
 
 def busybox_applets(binary: bytes) -> list[str]:
@@ -344,7 +359,7 @@ def _build_base(a: Arch, series: str, resolved: dict, entry_tmp: Path, progress:
 
     _progress(progress, "precompiling the guest's Python bytecode")
     _compile_python(root, [GUEST_PYTHON_LIB, "usr/lib/python3/dist-packages"],
-                    py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                    py_compile.PycInvalidationMode.UNCHECKED_HASH, progress)
 
     with CpioWriter(entry_tmp / "base.cpio") as w:
         w.add_tree(root)
@@ -425,7 +440,7 @@ def _build_kbox_layer(a: Arch, base: Path, entry_tmp: Path, progress: bool) -> N
     _copy_outputs(work / "guest", stage / GUEST_PROGRAMS_DIR.lstrip("/"))
     shutil.rmtree(work)
     _compile_python(stage, [GUEST_KBOX_DIR.lstrip("/")],
-                    py_compile.PycInvalidationMode.CHECKED_HASH)
+                    py_compile.PycInvalidationMode.CHECKED_HASH, progress)
 
     wrapper = '#!/bin/sh\nexec python3 -m kbox.cli "$@"\n'
     for d in ("usr/bin", "usr/local/bin"):
