@@ -46,3 +46,40 @@ def test_common_libc_calls_are_served_by_the_rewritten_path(guest_dir: Path,
     total = sum(int(c[4]) for c in (ln.split() for ln in res.stderr.splitlines())
                 if len(c) == 5 and re.fullmatch(r"\d+", c[4]))
     assert total > 0, res.describe()
+
+
+@pytest.mark.parametrize("mode", ["trap", "rewrite"])
+def test_in_process_tiers_refuse_writable_executable_memory(mode: str, guest_dir: Path,
+                                                            guest_env: dict[str, str]) -> None:
+    prog = [str(guest_dir / "jit-dynamic"), "wx"]
+    res = run_mode(mode, prog, env=guest_env, trace=True)
+    assert res.stdout.splitlines() == ["W+X mapping: EACCES", "mprotect to W+X: EACCES"], res.describe()
+    # The refusal shows in the trace like any other failed call.
+    assert re.search(r"mmap\(NULL, \d+, PROT_READ\|PROT_WRITE\|PROT_EXEC, .*= -1 EACCES", res.stderr), \
+        res.describe()
+    allowed = run(kbox_argv_with(mode, prog, "--allow-wx"), env=guest_env)
+    assert allowed.stdout.splitlines() == ["W+X mapping: granted", "mprotect to W+X: granted"], \
+        allowed.describe()
+
+
+def test_seccomp_tier_does_not_impose_w_xor_x(guest_dir: Path, guest_env: dict[str, str]) -> None:
+    res = run_mode("seccomp", [str(guest_dir / "jit-dynamic"), "wx"], env=guest_env)
+    assert "W+X mapping: granted" in res.stdout, res.describe()
+
+
+def test_code_made_executable_after_start_is_interposed(guest_dir: Path,
+                                                        guest_env: dict[str, str]) -> None:
+    # The JIT page's getppid calls go through kbox: deny getppid and the JIT sees EPERM.
+    res = run_mode("rewrite", [str(guest_dir / "jit-static")], env=guest_env, deny=["getppid"])
+    assert "JIT getppid matches libc: yes" in res.stdout, res.describe()  # both see -EPERM
+    stats = run_mode("rewrite", [str(guest_dir / "jit-static")], env=guest_env, stats=True)
+    trapped, rewritten = rewritten_count(stats.stderr, "getppid")
+    assert trapped + rewritten >= 40_001, stats.describe()
+
+
+def kbox_argv_with(mode: str, argv: list[str], *extra: str) -> list[str]:
+    from conftest import kbox_argv  # type: ignore[import-not-found]
+
+    cmd = kbox_argv(mode, argv)
+    sep = cmd.index("--")
+    return [*cmd[:sep], *extra, *cmd[sep:]]
