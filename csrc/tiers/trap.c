@@ -198,7 +198,9 @@ static struct {
     struct kbox_answer ans;
 } vf;
 
-static bool is_vfork_like(const struct kbox_req *req, const uint64_t *a)
+/* A vfork: CLONE_VM|CLONE_VFORK with no new stack, or with the caller's own stack pointer
+ * (aarch64 glibc's vfork() is clone(CLONE_VM|CLONE_VFORK|SIGCHLD, sp)). */
+static bool is_vfork_like(const struct kbox_req *req, const uint64_t *a, uint64_t sp)
 {
 #ifdef __NR_vfork
     if (req->nr == __NR_vfork)
@@ -218,7 +220,7 @@ static bool is_vfork_like(const struct kbox_req *req, const uint64_t *a)
     } else {
         return false;
     }
-    return (flags & CLONE_VM) && (flags & CLONE_VFORK) && !stack;
+    return (flags & CLONE_VM) && (flags & CLONE_VFORK) && (!stack || stack == sp);
 }
 
 /* Returns false if the vfork must instead run as a fork (we are ourselves a vfork child of
@@ -740,7 +742,7 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
         return;
     }
 
-    if (is_vfork_like(req, ans.args) && vfork_begin(req, &ans, uc))
+    if (is_vfork_like(req, ans.args, kbox_uc_sp(uc)) && vfork_begin(req, &ans, uc))
         return;
 
     switch (req->nr) {
