@@ -253,7 +253,8 @@ def test_kernel_probe_reads_this_host() -> None:
         assert caps.mmap_min_addr == int(f.read())
     with open("/proc/sys/kernel/seccomp/actions_avail") as f:
         assert caps.seccomp_trap == ("trap" in f.read().split())
-    assert caps.rewrite_available is False
+    # The rewrite tier is the trap tier plus patching: available exactly where trap is.
+    assert caps.rewrite_available == caps.seccomp_trap
 
 
 # ---- output and CLI -------------------------------------------------------------------
