@@ -23,6 +23,8 @@ from kbox import native
 from kbox.errors import UserError
 
 DEFAULT_MODES = ("native", "seccomp", "trap", "rewrite", "auto")
+# Also accepted: the trap tier with Syscall User Dispatch as its SIGSYS source (x86_64).
+EXTRA_MODES = ("trap-sud",)
 DEFAULT_ITERATIONS = 20000
 DEFAULT_ROUNDS = 3
 # One kbox-bench run; generous because a TCG guest's seccomp tier is ~500x native.
@@ -88,6 +90,8 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[st
         return [bench_path, *bench_args]
     from kbox import runner  # the launcher's argv contract lives with `kbox run`
 
+    if mode == "trap-sud":
+        return list(runner.launch_argv(bench_path, list(bench_args), mode="trap", trap_backend="sud"))
     return list(runner.launch_argv(bench_path, list(bench_args), mode=mode))
 
 
@@ -159,9 +163,9 @@ def _parse_modes(text: str) -> list[str]:
     if not modes:
         raise UserError("kbox bench: --modes needs at least one mode", exit_code=2)
     for m in modes:
-        if m not in DEFAULT_MODES:
+        if m not in DEFAULT_MODES + EXTRA_MODES:
             raise UserError(f"kbox bench: unknown mode {m!r} (choose from "
-                            f"{', '.join(DEFAULT_MODES)})", exit_code=2)
+                            f"{', '.join(DEFAULT_MODES + EXTRA_MODES)})", exit_code=2)
     return list(dict.fromkeys(modes))
 
 
@@ -173,8 +177,9 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
                     "interleaved in rounds; print us/call and the ratio to native measured "
                     "in the same run. Modes this kernel cannot run are reported and skipped.")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                   help=f"comma-separated modes (default: {','.join(DEFAULT_MODES)}); native "
-                        "is always measured as the baseline")
+                   help=f"comma-separated modes (default: {','.join(DEFAULT_MODES)}; also "
+                        "trap-sud: the trap tier fed by Syscall User Dispatch); native is always "
+                        "measured as the baseline")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"calls per timed pass (default {DEFAULT_ITERATIONS})")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,

@@ -179,6 +179,8 @@ static void deliver_guest_sigsys(int sig, siginfo_t *si, kbox_ucontext_t *uc)
         ((void (*)(int))(uintptr_t)g.handler)(sig);
 }
 
+static int arm_sud(void);
+
 /* ---- vfork ------------------------------------------------------------------------------ */
 
 /* A vfork child runs on its parent's stack, below the parent's stack pointer: exactly where
@@ -775,6 +777,8 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
         if (ret == 0) {
             /* The child of a fork-like clone: fix what the dispatcher must, trace nothing
              * (the parent's line reports the call, as strace does). */
+            if (rt.launch->trap_backend == KBOX_TRAP_SUD)
+                arm_sud();
             struct kbox_policy quiet = *p;
             quiet.trace = false;
             if (quiet.virtual_pid)
@@ -836,20 +840,31 @@ static int install_handler(void)
     return (int)KSYS4(__NR_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, 8);
 }
 
+/* Syscall User Dispatch is a per-task setting that clone and fork do not pass on, so it
+ * is armed again in every fork-like child (threads and vfork children are served through
+ * the seccomp filter below until they exec). */
+static int arm_sud(void)
+{
+    uint64_t lo = (uint64_t)(uintptr_t)__start_kbox_gate, hi = (uint64_t)(uintptr_t)__stop_kbox_gate;
+    rt.sud_selector = SYSCALL_DISPATCH_FILTER_BLOCK;
+    return (int)KSYS5(__NR_prctl, PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, lo, hi - lo,
+                      &rt.sud_selector);
+}
+
 static int install_trap_source(const struct kbox_launch *L)
 {
     uint64_t lo = (uint64_t)(uintptr_t)__start_kbox_gate, hi = (uint64_t)(uintptr_t)__stop_kbox_gate;
     if (L->trap_backend == KBOX_TRAP_SUD) {
-        rt.sud_selector = SYSCALL_DISPATCH_FILTER_BLOCK;
-        long r = KSYS5(__NR_prctl, PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, lo, hi - lo,
-                       &rt.sud_selector);
+        long r = arm_sud();
         if (r < 0) {
             kbox_err("Syscall User Dispatch is not available on this kernel (",
                      kbox_strerror((int)-r), "); use --trap-backend seccomp");
             return (int)r;
         }
-        return 0;
     }
+    /* The seccomp filter is installed with either backend: with SUD it is the safety net
+     * for tasks in which SUD is not armed (new threads, vfork children), which then trap
+     * into the same handler through SECCOMP_RET_TRAP. */
     if (L->relaunch)
         return 0; /* the filter survived execve and still matches our fixed-address gate */
     struct sock_filter prog[KBOX_BPF_MAX];
