@@ -81,21 +81,16 @@ static bool needs_trap(int nr)
     }
 }
 
-/* Per syscall number: nothing to do but run it (no policy applies, no runtime fix-up, no
- * signal frame needed), so the trampoline's call costs one table lookup. */
-static uint8_t fast[KBOX_NR_MAX];
-
 void kbox_rewrite_enable(const struct kbox_policy *p)
 {
-    for (int nr = 0; nr < KBOX_NR_MAX; nr++)
-        fast[nr] = kbox_dispatch_passthrough(p, nr) && !kbox_trap_runtime_special(nr) && !needs_trap(nr);
+    (void)p; /* the fast-path table (kbox_trap_fast) is the trap runtime's */
     rw.enabled = true;
 }
 
 void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site)
 {
     int nr = kbox_arch_rw_nr(f);
-    if ((unsigned)nr < KBOX_NR_MAX && fast[nr]) {
+    if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr]) {
         int64_t r = kbox_syscall6(nr, (long)kbox_arch_rw_arg(f, 0), (long)kbox_arch_rw_arg(f, 1),
                                   (long)kbox_arch_rw_arg(f, 2), (long)kbox_arch_rw_arg(f, 3),
                                   (long)kbox_arch_rw_arg(f, 4), (long)kbox_arch_rw_arg(f, 5));
@@ -266,6 +261,11 @@ void kbox_rewrite_site(uint64_t site, int nr)
     /* Never our own code (the launcher image, which is linked at a fixed address). */
     extern const char __executable_start[], _end[];
     if (site >= (uint64_t)(uintptr_t)__executable_start && site < (uint64_t)(uintptr_t)_end)
+        return;
+    /* Most traps in rewrite mode come from sites already handled (those that cannot be
+     * rewritten): answer that without the lock and the two sigprocmask calls.  A stale
+     * read only sends us to the locked path, which decides again. */
+    if (site_seen(site, false))
         return;
     uint64_t all = ~0ULL, saved;
     KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &all, &saved, 8);

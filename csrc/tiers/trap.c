@@ -685,7 +685,7 @@ static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, k
 /* ---- serving without a signal frame (rewrite trampolines) ------------------------------------ */
 
 /* Calls runtime_fixup() treats specially; everything else the runtime passes through. */
-bool kbox_trap_runtime_special(int nr)
+static bool runtime_special(int nr)
 {
     switch (nr) {
     case __NR_rt_sigaction: case __NR_rt_sigprocmask: case __NR_rt_sigsuspend: case __NR_ppoll:
@@ -723,6 +723,32 @@ int64_t kbox_trap_serve_direct(struct kbox_req *req)
     else if (!runtime_fixup(req, &ans, NULL, &ret))
         ret = run(req->nr, ans.args);
     return kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN);
+}
+
+/* Calls kbox_trap_serve handles itself because they need the signal frame. */
+static bool frame_special(int nr)
+{
+    switch (nr) {
+    case __NR_rt_sigreturn: case __NR_exit: case __NR_exit_group: case __NR_execve:
+    case __NR_execveat: case __NR_clone: case __NR_clone3: case KBOX_NR_VFORK_DONE:
+#ifdef __NR_fork
+    case __NR_fork:
+#endif
+#ifdef __NR_vfork
+    case __NR_vfork:
+#endif
+        return true;
+    default:
+        return false;
+    }
+}
+
+uint8_t kbox_trap_fast[KBOX_NR_MAX];
+
+static void compute_fast_paths(const struct kbox_policy *p)
+{
+    for (int nr = 0; nr < KBOX_NR_MAX; nr++)
+        kbox_trap_fast[nr] = kbox_dispatch_passthrough(p, nr) && !runtime_special(nr) && !frame_special(nr);
 }
 
 /* ---- the handler -------------------------------------------------------------------------- */
@@ -798,6 +824,16 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
 static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
 {
     kbox_ucontext_t *uc = ctx;
+    int nr = si->si_syscall;
+    if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr] &&
+        (si->si_code == SYS_SECCOMP_CODE || si->si_code == SYS_USER_DISPATCH_CODE)) {
+        kbox_uc_set_ret(uc, (uint64_t)kbox_syscall6(nr, (long)kbox_uc_arg(uc, 0), (long)kbox_uc_arg(uc, 1),
+                                                    (long)kbox_uc_arg(uc, 2), (long)kbox_uc_arg(uc, 3),
+                                                    (long)kbox_uc_arg(uc, 4), (long)kbox_uc_arg(uc, 5)));
+        if (kbox_rewrite_enabled())
+            kbox_rewrite_site(kbox_uc_pc(uc) - KBOX_SYSCALL_INSN_LEN, nr);
+        return;
+    }
     if (si->si_code != SYS_SECCOMP_CODE && si->si_code != SYS_USER_DISPATCH_CODE) {
         deliver_guest_sigsys(sig, si, uc);
         return;
@@ -894,6 +930,7 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
     }
     rt.policy = L->policy;
     rt.launch = L;
+    compute_fast_paths(L->policy);
     if (L->rewrite)
         kbox_rewrite_enable(L->policy);
     kbox_mem_init_self(&rt.self_mem);

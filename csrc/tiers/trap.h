@@ -10,8 +10,10 @@
  * a CLONE_VM child copies. */
 void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t *uc);
 
-/* True for calls the runtime adjusts (signal masks, its own fds, /proc/self/exe). */
-bool kbox_trap_runtime_special(int nr);
+/* Per syscall number: 1 if the call needs nothing but running it (no policy applies, no
+ * runtime fix-up, no signal frame): both the SIGSYS handler and the rewrite trampolines
+ * then skip the dispatcher after one table lookup. */
+extern uint8_t kbox_trap_fast[];
 
 /* Serves a call outside any signal handler (from a rewrite trampoline); returns the result. */
 int64_t kbox_trap_serve_direct(struct kbox_req *req);
