@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from vmtests.helpers import (OPTIONAL_TIERS, REAL_PROGRAMS, describe, guest_program_names,
-                             guest_tiers, native_run_is_sound, under_tier)
+from vmtests.helpers import (OPTIONAL_TIERS, REAL_PROGRAMS, describe, guest_launcher,
+                             guest_program_names, guest_tiers, native_run_is_sound, under_tier)
 
 RUN_TIMEOUT = 120.0   # hardware seconds per program (x3 under TCG)
 
@@ -19,7 +19,8 @@ def _native(vm: Any, pool: Any, argv: list[str]) -> Any:
     return pool.cache[key]
 
 
-def _check(vm: Any, vm_pool: Any, tier: str, argv: list[str], must_succeed: bool) -> None:
+def _check(vm: Any, vm_pool: Any, tier: str, argv: list[str], must_succeed: bool,
+           direct: bool = False) -> None:
     native = _native(vm, vm_pool, argv)
     if tier == "native":
         if must_succeed:
@@ -34,7 +35,11 @@ def _check(vm: Any, vm_pool: Any, tier: str, argv: list[str], must_succeed: bool
             pytest.skip(f"tier {tier} not offered by the guest's `kbox run --help` yet")
         pytest.fail(describe(f"tier {tier} missing from `kbox run --help`", help_run),
                     pytrace=False)
-    res = vm.run(under_tier(tier, argv), timeout=RUN_TIMEOUT)
+    if direct:
+        launcher, resolved = guest_launcher(vm, vm_pool, tier)
+        res = vm.run(under_tier(resolved, argv, launcher), timeout=RUN_TIMEOUT)
+    else:
+        res = vm.run(under_tier(tier, argv), timeout=RUN_TIMEOUT)
     assert (res.exit_status, res.stdout) == (native.exit_status, native.stdout), \
         describe(f"{tier} run differs from the native run", res, native)
 
@@ -42,7 +47,7 @@ def _check(vm: Any, vm_pool: Any, tier: str, argv: list[str], must_succeed: bool
 @pytest.mark.parametrize("program", guest_program_names())
 def test_guest_program_matches_native(vm: Any, vm_pool: Any, tier: str, program: str) -> None:
     argv = [f"{vm.image.guest_programs_dir}/{program}"]
-    _check(vm, vm_pool, tier, argv, must_succeed=False)
+    _check(vm, vm_pool, tier, argv, must_succeed=False, direct=True)
 
 
 @pytest.mark.parametrize("name", sorted(REAL_PROGRAMS))
