@@ -83,3 +83,23 @@ def kbox_argv_with(mode: str, argv: list[str], *extra: str) -> list[str]:
     cmd = kbox_argv(mode, argv)
     sep = cmd.index("--")
     return [*cmd[:sep], *extra, *cmd[sep:]]
+
+
+def test_a_site_straddling_a_16_byte_boundary_is_patched_in_two_steps(
+        tmp_path: Path, guest_env: dict[str, str]) -> None:
+    import platform
+    import subprocess
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the two-step patch is x86_64's (aarch64 patches one aligned word)")
+    guest_src = Path(__file__).parent / "guest"
+    prog = tmp_path / "regs-straddle"
+    subprocess.run(["gcc", "-O2", "-D_GNU_SOURCE", "-DPROBE_SITE_OFFSET=13", "-I", str(guest_src),
+                    "-o", str(prog), str(guest_src / "regs.c")], check=True)
+    dis = subprocess.run(["objdump", "-d", str(prog)], capture_output=True, text=True).stdout
+    site = [int(ln.split(":")[0], 16) for ln in dis.splitlines() if "b8 27 00 00 00" in ln]
+    assert site and (site[0] & 15) == 13, "the probe's mov should straddle a 16-byte boundary"
+    res = run_mode("rewrite", [str(prog), "1000000"], env=guest_env, stats=True)
+    assert res.returncode == 0 and "general registers preserved: yes" in res.stdout, res.describe()
+    trapped, rewritten = rewritten_count(res.stderr, "getpid")
+    assert trapped == 1 and rewritten == 999_999, res.describe()

@@ -146,6 +146,31 @@ static void unlock(void)
     KSYS6(__NR_futex, &rw.lock, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
 }
 
+/* Instruction starts that carried a two-step patch's placeholder (never removed: a thread
+ * that trapped there while the patch was in progress may be handled after it finished). */
+#define INTERIM_MAX 1024
+static uint64_t interim_site[INTERIM_MAX];
+static int ninterim;
+
+static void interim_add(uint64_t at)
+{
+    if (ninterim < INTERIM_MAX)
+        __atomic_store_n(&interim_site[ninterim++], at, __ATOMIC_RELEASE);
+}
+
+bool kbox_rewrite_interim(uint64_t pc, uint64_t *restart)
+{
+    int n = __atomic_load_n(&ninterim, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++) {
+        uint64_t at = __atomic_load_n(&interim_site[i], __ATOMIC_ACQUIRE);
+        if (at && kbox_arch_rw_interim_resume(at) == pc) {
+            *restart = at;
+            return true;
+        }
+    }
+    return false;
+}
+
 static uint64_t dist(uint64_t a, uint64_t b) { return a > b ? a - b : b - a; }
 
 /* A trampoline slot of `size` bytes within `reach` of `near`. */
@@ -225,11 +250,14 @@ static bool patch(uint64_t site)
     uint64_t tramp = alloc_tramp(plan.patch_at, plan.reach, size);
     if (!tramp)
         return false;
-    uint64_t win;
-    uint8_t bytes[16];
-    uint32_t len;
-    if (kbox_arch_rw_patch(&plan, tramp, &win, bytes, &len) < 0)
+    struct kbox_rw_step steps[3];
+    bool interim;
+    int nsteps = kbox_arch_rw_patch(&plan, tramp, steps, &interim);
+    if (nsteps < 0)
         return false; /* the slot is wasted; harmless */
+    uint64_t win = steps[0].win, win_end = steps[nsteps - 1].win + steps[nsteps - 1].len;
+    if (steps[0].win + steps[0].len > win_end)
+        win_end = steps[0].win + steps[0].len;
 
     /* The trampoline first, then the branch to it. */
     uint64_t cstart = tramp & ~(uint64_t)(CHUNK_SIZE - 1);
@@ -242,15 +270,18 @@ static bool patch(uint64_t site)
     kbox_mprotect((void *)(uintptr_t)cstart, CHUNK_SIZE, PROT_READ | PROT_EXEC);
     __builtin___clear_cache((char *)(uintptr_t)tramp, (char *)(uintptr_t)(tramp + size));
 
-    uint64_t pg = win & ~4095ULL, pg_end = (win + len + 4095) & ~4095ULL;
+    uint64_t pg = win & ~4095ULL, pg_end = (win_end + 4095) & ~4095ULL;
     int prot = prot_of(win);
     if (prot < 0 || !(prot & PROT_EXEC) || (pg_end - pg > 4096 && prot_of(pg + 4096) != prot))
         return false;
     if (kbox_mprotect((void *)(uintptr_t)pg, pg_end - pg, prot | PROT_WRITE) < 0)
         return false;
-    kbox_arch_rw_store(win, bytes, len);
+    if (interim)
+        interim_add(plan.patch_at);
+    for (int i = 0; i < nsteps; i++)
+        kbox_arch_rw_store(steps[i].win, steps[i].bytes, steps[i].len);
     kbox_mprotect((void *)(uintptr_t)pg, pg_end - pg, prot);
-    __builtin___clear_cache((char *)(uintptr_t)win, (char *)(uintptr_t)(win + len));
+    __builtin___clear_cache((char *)(uintptr_t)win, (char *)(uintptr_t)win_end);
     return true;
 }
 

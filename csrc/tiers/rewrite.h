@@ -25,6 +25,9 @@ void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site);
 /* Called by the trap handler after serving a trapped call from `site`: rewrites the site
  * if it can, so its next execution takes the trampoline. */
 void kbox_rewrite_site(uint64_t site, int nr);
+/* True if a trap at `pc` came from a placeholder of a two-step patch: the caller sets pc
+ * back to the instruction start (*restart) and does nothing else. */
+bool kbox_rewrite_interim(uint64_t pc, uint64_t *restart);
 /* True if `pc` is inside a trampoline (a trap from there must not be rewritten). */
 bool kbox_rewrite_owns(uint64_t pc);
 /* Enables the tier in this process. */
@@ -37,9 +40,15 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan);
 /* Size of one trampoline, and writing it at `dst` (which will execute at `at`). */
 uint64_t kbox_arch_rw_tramp_size(const struct kbox_rw_plan *plan);
 void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *plan);
-/* The patched bytes for the site: an aligned window [*win, *win+len) to store atomically. */
-int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp, uint64_t *win,
-                       uint8_t *bytes, uint32_t *len);
+/* The stores that turn the site into a branch to `tramp`, applied in order; each is an
+ * aligned window [win, win+len) stored atomically.  *interim is set when the first store
+ * leaves a trapping placeholder at plan->patch_at (see rewrite-x86_64.c): a trap from there
+ * must simply be restarted.  Returns the number of steps, or -1. */
+struct kbox_rw_step { uint64_t win; uint8_t bytes[16]; uint32_t len; };
+int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp,
+                       struct kbox_rw_step steps[3], bool *interim);
+/* Address after the placeholder instruction of a two-step patch at `patch_at`. */
+uint64_t kbox_arch_rw_interim_resume(uint64_t patch_at);
 /* Atomic store of a window of len (4, 8 or 16) bytes. */
 void kbox_arch_rw_store(uint64_t win, const uint8_t *bytes, uint32_t len);
 /* The syscall number, arguments and result slots of a frame. */

@@ -825,6 +825,12 @@ static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
 {
     kbox_ucontext_t *uc = ctx;
     int nr = si->si_syscall;
+    uint64_t restart;
+    if (kbox_rewrite_enabled() && kbox_rewrite_interim(kbox_uc_pc(uc), &restart)) {
+        /* A placeholder of a patch in progress: nothing ran; run the instruction again. */
+        kbox_uc_set_pc(uc, restart);
+        return;
+    }
     if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr] &&
         (si->si_code == SYS_SECCOMP_CODE || si->si_code == SYS_USER_DISPATCH_CODE)) {
         kbox_uc_set_ret(uc, (uint64_t)kbox_syscall6(nr, (long)kbox_uc_arg(uc, 0), (long)kbox_uc_arg(uc, 1),

@@ -21,6 +21,13 @@ uint64_t probe_redzone[16];
 int probe_wide;
 void probe(int wide);
 
+#ifndef PROBE_SITE_OFFSET
+#define PROBE_SITE_OFFSET 0
+#endif
+#define STR2(x) #x
+#define STR1(x) STR2(x)
+#define PROBE_SITE_OFFSET_STR STR1(PROBE_SITE_OFFSET)
+
 #if defined(__x86_64__)
 /* GPR slots: rbx rcx rdx rsi rdi rbp r8 r9 r10 r11 r12 r13 r14 r15 */
 __asm__(
@@ -48,10 +55,11 @@ __asm__(
     "mov probe_in+48(%rip), %r8\n mov probe_in+56(%rip), %r9\n mov probe_in+64(%rip), %r10\n"
     "mov probe_in+72(%rip), %r11\n mov probe_in+80(%rip), %r12\n mov probe_in+88(%rip), %r13\n"
     "mov probe_in+96(%rip), %r14\n mov probe_in+104(%rip), %r15\n"
-    /* mov $__NR_getpid, %eax: the wrapper shape.  Aligned so that its 5 bytes can be
-     * replaced by one atomic store and the site is always rewritten (see
-     * csrc/arch/x86_64/launch/rewrite-x86_64.c). */
+    /* mov $__NR_getpid, %eax: the wrapper shape, at PROBE_SITE_OFFSET bytes past a 16-byte
+     * boundary (default 0: one atomic store patches it; tests/test_rewrite.py also builds
+     * 13, where the 5 bytes straddle the boundary and the two-step patch is needed). */
     ".p2align 4\n"
+    ".skip " PROBE_SITE_OFFSET_STR ", 0x90\n"
     ".byte 0xb8; .long 39\n"
     "syscall\n"
     "3:\n"

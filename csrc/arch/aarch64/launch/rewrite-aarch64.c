@@ -66,15 +66,18 @@ void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *pla
     memcpy(dst + o_j2, &b2, 4);
 }
 
-int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp, uint64_t *win,
-                       uint8_t *bytes, uint32_t *len)
+int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp,
+                       struct kbox_rw_step steps[3], bool *interim)
 {
     uint32_t b = branch(plan->site, tramp);
-    *win = plan->site;
-    *len = 4;
-    memcpy(bytes, &b, 4);
-    return 0;
+    steps[0].win = plan->site;
+    steps[0].len = 4;
+    memcpy(steps[0].bytes, &b, 4);
+    *interim = false;
+    return 1;
 }
+
+uint64_t kbox_arch_rw_interim_resume(uint64_t patch_at) { return patch_at + 4; }
 
 void kbox_arch_rw_store(uint64_t win, const uint8_t *bytes, uint32_t len)
 {

@@ -391,26 +391,98 @@ void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *pla
     put32(dst + o_j2 + 1, (int32_t)(plan->resume - (at + o_j2 + 5)));    /* e9 rel32 */
 }
 
-int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp, uint64_t *win,
-                       uint8_t *bytes, uint32_t *len)
+/* True if the instruction reads or writes rcx or r11, which the two-step patch's
+ * placeholder `syscall` clobbers before the instruction is restarted. */
+static bool touches_rcx_r11(const uint8_t *c, int len)
+{
+    int i = 0;
+    uint8_t rex = 0;
+    while (i < len && (c[i] == 0x66 || c[i] == 0x67 || c[i] == 0x64 || c[i] == 0x65))
+        i++;
+    if (i < len && (c[i] & 0xf0) == 0x40)
+        rex = c[i++];
+    if (i >= len)
+        return true;
+    uint8_t op = c[i++];
+    if (op >= 0xb8 && op <= 0xbf) {
+        int r = (op & 7) | ((rex & 1) << 3);
+        return r == 1 || r == 11;
+    }
+    if (op == 0x0f)
+        i++;
+    if (i >= len)
+        return true;
+    uint8_t modrm = c[i++];
+    int reg = ((modrm >> 3) & 7) | ((rex & 4) << 1), rm = (modrm & 7) | ((rex & 1) << 3);
+    if (reg == 1 || reg == 11)
+        return true;
+    if ((modrm >> 6) != 3 && (modrm & 7) == 4 && i < len) {
+        uint8_t sib = c[i];
+        int base = (sib & 7) | ((rex & 1) << 3), index = ((sib >> 3) & 7) | ((rex & 2) << 2);
+        return base == 1 || base == 11 || index == 1 || index == 11;
+    }
+    return rm == 1 || rm == 11;
+}
+
+/* An atomic window holding [at, at+n): naturally aligned 8 bytes, else 16 (cmpxchg16b). */
+static int window(uint64_t at, uint32_t n, struct kbox_rw_step *st)
+{
+    if ((at & 7) + n <= 8)
+        st->win = at & ~7ULL, st->len = 8;
+    else if ((at & 15) + n <= 16)
+        st->win = at & ~15ULL, st->len = 16;
+    else
+        return -1;
+    return read_self(st->win, st->bytes, st->len) == (long)st->len ? 0 : -1;
+}
+
+int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp,
+                       struct kbox_rw_step steps[3], bool *interim)
 {
     uint64_t m = plan->patch_at;
-    if ((m & 7) <= 3)
-        *win = m & ~7ULL, *len = 8;
-    else if ((m & 15) <= 11)
-        *win = m & ~15ULL, *len = 16;
-    else
-        return -1; /* the 5 bytes cross a 16-byte boundary: no single atomic store */
-    if (read_self(*win, bytes, *len) != (long)*len)
+    uint8_t jmp[5];
+    jmp[0] = 0xe9;                                       /* jmp rel32 -> trampoline */
+    put32(jmp + 1, (int32_t)(tramp - (m + 5)));
+    *interim = false;
+    if (window(m, 5, &steps[0]) == 0) {
+        memcpy(steps[0].bytes + (m - steps[0].win), jmp, 5);
+        return 1;
+    }
+    /* The 5 bytes cross a 16-byte boundary.  Two steps, each atomic:
+     *  1. the first 2 bytes become `syscall`: a thread reaching the instruction now traps,
+     *     and the handler restarts it at m once the patch is complete (kbox_rewrite_interim);
+     *  2. bytes 2..4 get the tail of rel32 (nobody can execute them now) — the 16-byte
+     *     window that holds them is stored whole;
+     *  3. the first 2 bytes become `e9 rel32[0]`.
+     * The restarted instruction must not depend on rcx/r11, which the placeholder clobbers. */
+    if (touches_rcx_r11(plan->reloc, (int)plan->reloc_len) || window(m, 2, &steps[0]) < 0)
         return -1;
-    uint8_t *p = bytes + (m - *win);
-    p[0] = 0xe9;                                         /* jmp rel32 -> trampoline */
-    put32(p + 1, (int32_t)(tramp - (m + 5)));
-    return 0;
+    uint64_t w = steps[0].win;
+    steps[2] = steps[0];
+    steps[0].bytes[m - w] = 0x0f;                        /* placeholder: syscall (traps) */
+    steps[0].bytes[m - w + 1] = 0x05;
+    /* Step 2: the tail, plain stores (len 3: not one of the atomic sizes). */
+    steps[1].win = m + 2;
+    steps[1].len = 3;
+    memcpy(steps[1].bytes, jmp + 2, 3);
+    /* Step 3: the head, atomically, carrying whatever of the tail shares its window. */
+    for (uint64_t a2 = m; a2 < m + 5; a2++)
+        if (a2 >= w && a2 < w + steps[2].len)
+            steps[2].bytes[a2 - w] = jmp[a2 - m];
+    *interim = true;
+    return 3;
 }
+
+uint64_t kbox_arch_rw_interim_resume(uint64_t patch_at) { return patch_at + 2; }
 
 void kbox_arch_rw_store(uint64_t win, const uint8_t *bytes, uint32_t len)
 {
+    if (len != 8 && len != 16) {
+        /* Bytes no thread can execute at this point (two-step patch tail). */
+        for (uint32_t i = 0; i < len; i++)
+            ((volatile uint8_t *)(uintptr_t)win)[i] = bytes[i];
+        return;
+    }
     if (len == 8) {
         uint64_t v;
         memcpy(&v, bytes, 8);
