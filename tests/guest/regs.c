@@ -26,7 +26,11 @@ void probe(int wide);
 #endif
 #define STR2(x) #x
 #define STR1(x) STR2(x)
-#define PROBE_SITE_OFFSET_STR STR1(PROBE_SITE_OFFSET)
+#if PROBE_SITE_OFFSET > 0
+#define PROBE_SKIP ".skip " STR1(PROBE_SITE_OFFSET) ", 0x90\n"
+#else
+#define PROBE_SKIP ""
+#endif
 
 #if defined(__x86_64__)
 /* GPR slots: rbx rcx rdx rsi rdi rbp r8 r9 r10 r11 r12 r13 r14 r15 */
@@ -59,7 +63,7 @@ __asm__(
      * boundary (default 0: one atomic store patches it; tests/test_rewrite.py also builds
      * 13, where the 5 bytes straddle the boundary and the two-step patch is needed). */
     ".p2align 4\n"
-    ".skip " PROBE_SITE_OFFSET_STR ", 0x90\n"
+    PROBE_SKIP
     ".byte 0xb8; .long 39\n"
     "syscall\n"
     "3:\n"
