@@ -47,6 +47,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "KVM only if a probe guest runs)")
     g.addoption("--keep-vm", action="store_true", default=False,
                 help="leave the VMs running at the end of the session (prints SSH ports)")
+    g.addoption("--quick", action="store_true", default=False,
+                help="CI's cut of the matrix: every arch x kernel x tier, static guest programs "
+                     "only, no `auto` (it resolves to a tier that is tested) and no real "
+                     "programs; the rest is deselected, not skipped (scripts/vmtest runs all)")
 
 
 def _split(values: list[str] | None, choices: tuple[str, ...] | list[str], what: str
@@ -94,8 +98,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("tier", TIERS)
 
 
+def _quick_deselects(item: pytest.Item) -> bool:
+    cs = getattr(item, "callspec", None)
+    if cs is None:
+        return False
+    if cs.params.get("tier") == "auto":
+        return True
+    if str(cs.params.get("program", "")).endswith("-dynamic"):
+        return True
+    return item.name.startswith("test_real_program_matches_native")
+
+
 @pytest.hookimpl(tryfirst=True)   # before xdist's worker turns the group into the nodeid
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--quick", default=False):
+        dropped = [i for i in items if _quick_deselects(i)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [i for i in items if not _quick_deselects(i)]
     for item in items:
         cs = getattr(item, "callspec", None)
         if cs is not None and "vm_target" in cs.params:
