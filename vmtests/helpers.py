@@ -11,16 +11,18 @@ GUEST_SOURCES = REPO / "tests" / "guest"
 
 # Real programs from the core issue, as argv lists. Each reads only files that do not
 # change between runs, so native and interposed runs in one VM must print the same.
+# Absolute paths: the guest's shell is busybox, which runs its own applet for a bare `ls`
+# or `cat` while `kbox run` (like any execvp) finds coreutils in PATH.
 REAL_PROGRAMS: dict[str, list[str]] = {
-    "ls": ["ls", "-l", "/etc"],
-    "cat": ["cat", "/etc/passwd"],
-    "sort": ["sort", "-r", "/etc/passwd"],
-    "cp": ["cp", "-v", "/etc/passwd", "/tmp/kbox-cp-copy"],
-    "busybox-sh": ["busybox", "sh", "-c", "echo $((6 * 7)); cat /etc/hostname | wc -c"],
-    "python3": ["python3", "-c", "import os, sys, json; "
+    "ls": ["/usr/bin/ls", "-l", "/etc"],
+    "cat": ["/usr/bin/cat", "/etc/passwd"],
+    "sort": ["/usr/bin/sort", "-r", "/etc/passwd"],
+    "cp": ["/usr/bin/cp", "-v", "/etc/passwd", "/tmp/kbox-cp-copy"],
+    "busybox-sh": ["/bin/busybox", "sh", "-c", "echo $((6 * 7)); cat /etc/hostname | wc -c"],
+    "python3": ["/usr/bin/python3", "-c", "import os, sys, json; "
                 "print(json.dumps(sorted(os.listdir('/etc'))[:5]), sys.version_info[:2])"],
-    "git": ["git", "hash-object", "/etc/passwd"],
-    "sqlite3": ["sqlite3", ":memory:",
+    "git": ["/usr/bin/git", "hash-object", "/etc/passwd"],
+    "sqlite3": ["/usr/bin/sqlite3", ":memory:",
                 "create table t(x); insert into t values (1),(2),(3); select sum(x) from t;"],
 }
 
@@ -38,7 +40,9 @@ def under_tier(tier: str, argv: list[str], launcher: str | None = None) -> str:
     would exec it, sparing a Python start-up per command (about a second under TCG); the
     real-program tests keep going through `kbox run` so the CLI path is covered too."""
     if tier == "native":
-        return shlex.join(argv)
+        # Through a shell that waits, so a program killed by signal N reports 128+N as
+        # kbox does (over SSH a signal death has no exit status at all).
+        return shlex.join(["sh", "-c", '"$@"; exit $?', "sh", *argv])
     if launcher:
         return shlex.join([launcher, f"--syscall-mode={tier}", "--", *argv])
     return shlex.join(["kbox", "run", "--syscall-mode", tier, "--", *argv])
