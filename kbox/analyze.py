@@ -361,9 +361,6 @@ def decide_mode(report: Report, caps: KernelCaps) -> tuple[str, str]:
     if not caps.seccomp_trap:
         return "seccomp", "the kernel lacks SECCOMP_RET_TRAP, which the in-process tiers need"
     blockers = report.rewrite_blockers
-    if caps.rewrite_available and not blockers and info.machine != "x86_64":
-        return "trap", ("aarch64: rewrite is opt-in (--syscall-mode=rewrite) until validated; "
-                        "trap serves every syscall in-process via SECCOMP_RET_TRAP")
     if caps.rewrite_available and not blockers:
         how = ("svc #0 -> b to per-site trampolines" if info.machine == "aarch64"
                else "the instruction before each syscall relocated into a per-site trampoline")

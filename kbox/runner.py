@@ -7,7 +7,6 @@ stdout, stderr, terminal, signals and exit status pass through untouched.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -41,11 +40,6 @@ def auto_mode(path: str, *, virtual_pid: bool = False) -> tuple[str, str]:
     actions = _seccomp_actions()
     if "trap" not in actions:
         return "seccomp", "the kernel lacks SECCOMP_RET_TRAP, which the in-process tiers need"
-    if platform.machine() != "x86_64":
-        # aarch64 rewriting passes the guest-program matrix, but one rewritten site in a
-        # static probe was seen to stop reaching the dispatcher under QEMU TCG, root cause
-        # not yet found; until it is, auto keeps aarch64 on the trap path.
-        return "trap", "aarch64: rewrite is opt-in (--syscall-mode=rewrite) until validated"
     return "rewrite", ("in-process: sites are rewritten to branch into the interposer on first "
                        "use; the trap path serves whatever cannot be rewritten")
 

@@ -95,8 +95,11 @@ static int have_wide(void) { return __builtin_cpu_supports("avx512f"); }
 /* GPR slots: x1..x30 except x8 (the syscall number, also checked) -> slots 0..29 = x1..x30 */
 __asm__(
     ".text\n.globl probe\n.type probe,%function\nprobe:\n.cfi_startproc\n"
-    "stp x29, x30, [sp, #-96]!\n stp x19, x20, [sp, #16]\n stp x21, x22, [sp, #32]\n"
+    /* x19-x28 and d8-d15 are callee-saved (AAPCS64): the caller keeps loop state there. */
+    "stp x29, x30, [sp, #-160]!\n stp x19, x20, [sp, #16]\n stp x21, x22, [sp, #32]\n"
     "stp x23, x24, [sp, #48]\n stp x25, x26, [sp, #64]\n stp x27, x28, [sp, #80]\n"
+    "stp d8, d9, [sp, #96]\n stp d10, d11, [sp, #112]\n stp d12, d13, [sp, #128]\n"
+    "stp d14, d15, [sp, #144]\n"
     "adrp x9, probe_vin\n add x9, x9, :lo12:probe_vin\n"
     "ld1 {v0.16b-v3.16b}, [x9], #64\n ld1 {v4.16b-v7.16b}, [x9], #64\n"
     "ld1 {v8.16b-v11.16b}, [x9], #64\n ld1 {v12.16b-v15.16b}, [x9], #64\n"
@@ -124,7 +127,9 @@ __asm__(
     "st1 {v16.16b-v19.16b}, [x9], #64\n st1 {v20.16b-v23.16b}, [x9], #64\n"
     "st1 {v24.16b-v27.16b}, [x9], #64\n st1 {v28.16b-v31.16b}, [x9], #64\n"
     "ldp x19, x20, [sp, #16]\n ldp x21, x22, [sp, #32]\n ldp x23, x24, [sp, #48]\n"
-    "ldp x25, x26, [sp, #64]\n ldp x27, x28, [sp, #80]\n ldp x29, x30, [sp], #96\n"
+    "ldp x25, x26, [sp, #64]\n ldp x27, x28, [sp, #80]\n"
+    "ldp d8, d9, [sp, #96]\n ldp d10, d11, [sp, #112]\n ldp d12, d13, [sp, #128]\n"
+    "ldp d14, d15, [sp, #144]\n ldp x29, x30, [sp], #160\n"
     "ret\n.cfi_endproc\n");
 #define NGPR 30
 static int have_wide(void) { return 0; }
