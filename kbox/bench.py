@@ -24,7 +24,9 @@ from kbox.errors import UserError
 
 DEFAULT_MODES = ("native", "seccomp", "trap", "rewrite", "auto")
 # Also accepted: the trap tier with Syscall User Dispatch as its SIGSYS source (x86_64).
-EXTRA_MODES = ("trap-sud",)
+# floor-trap / floor-notify: no kbox at all, just the bare mechanism a tier is built on
+# (kbox-bench --floor), so each tier's figure can be read against its floor from one run.
+EXTRA_MODES = ("trap-sud", "floor-trap", "floor-notify")
 DEFAULT_ITERATIONS = 20000
 DEFAULT_ROUNDS = 3
 # One kbox-bench run; generous because a TCG guest's seccomp tier is ~500x native.
@@ -88,6 +90,8 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[st
     """The command running kbox-bench natively or under one kbox mode."""
     if mode == "native":
         return [bench_path, *bench_args]
+    if mode.startswith("floor-"):
+        return [bench_path, "--floor", mode.split("-", 1)[1], *bench_args]
     from kbox import runner  # the launcher's argv contract lives with `kbox run`
 
     if mode == "trap-sud":
@@ -178,8 +182,9 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
                     "in the same run. Modes this kernel cannot run are reported and skipped.")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma-separated modes (default: {','.join(DEFAULT_MODES)}; also "
-                        "trap-sud: the trap tier fed by Syscall User Dispatch); native is always "
-                        "measured as the baseline")
+                        "trap-sud: the trap tier fed by Syscall User Dispatch; floor-trap, floor-notify: "
+                        "the bare RET_TRAP / user-notify round trip, for syscall500); native is "
+                        "always measured as the baseline")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"calls per timed pass (default {DEFAULT_ITERATIONS})")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,

@@ -15,6 +15,14 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <ucontext.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,7 +136,7 @@ static int selected(const char *list, const char *name)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kbox-bench [--iterations N] [--repeats R] [--rows NAME,...] [--json]\nrows:");
+    fprintf(f, "usage: kbox-bench [--iterations N] [--repeats R] [--rows NAME,...] [--json] [--floor trap|notify]\nrows:");
     for (size_t i = 0; i < NROWS; i++)
         fprintf(f, " %s", rows[i].name);
     fprintf(f, "\n");
@@ -153,15 +161,90 @@ static void setup(void)
         die("setup", "open /dev/null");
 }
 
+/* --floor: the bare mechanism a tier is built on, installed on this process for syscall 500
+ * only, so kbox bench can print the floor beside each tier from the same run.
+ *   trap:   SECCOMP_RET_TRAP and an empty SIGSYS handler that returns -ENOSYS
+ *   notify: SECCOMP_RET_USER_NOTIF served by a bare RECV/SEND loop in a forked helper, with
+ *           SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP when the kernel has it */
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+
+static void floor_sigsys(int sig, siginfo_t *si, void *ctx)
+{
+    ucontext_t *uc = ctx;
+    (void)sig, (void)si;
+#if defined(__x86_64__)
+    uc->uc_mcontext.gregs[REG_RAX] = -ENOSYS;
+#elif defined(__aarch64__)
+    uc->uc_mcontext.regs[0] = (unsigned long)-ENOSYS;
+#endif
+}
+
+static pid_t floor_helper;
+
+static int install_floor(const char *kind)
+{
+    int notify = strcmp(kind, "notify") == 0;
+    if (!notify && strcmp(kind, "trap") != 0)
+        return -1;
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 500, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, notify ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_TRAP),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { 4, f };
+    if (!notify) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = floor_sigsys;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigaction(SIGSYS, &sa, NULL);
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                      notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0, &prog);
+    if (fd < 0)
+        return -1;
+    if (!notify)
+        return 0;
+    floor_helper = fork();
+    if (floor_helper < 0)
+        return -1;
+    if (floor_helper == 0) {
+        ioctl((int)fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, 1UL); /* refused before Linux 6.6 */
+        for (;;) {
+            struct seccomp_notif req;
+            struct seccomp_notif_resp resp;
+            memset(&req, 0, sizeof(req));
+            if (ioctl((int)fd, SECCOMP_IOCTL_NOTIF_RECV, &req) != 0) {
+                if (errno == EINTR || errno == ENOENT)
+                    continue;
+                _exit(0);
+            }
+            memset(&resp, 0, sizeof(resp));
+            resp.id = req.id;
+            resp.error = -ENOSYS;
+            ioctl((int)fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+        }
+    }
+    close((int)fd);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    const char *floor_kind = NULL;
     long iterations = 20000, repeats = 5;
     int json = 0;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = NULL;
-        if ((strcmp(a, "--iterations") == 0 || strcmp(a, "--repeats") == 0 || strcmp(a, "--rows") == 0) && i + 1 < argc)
+        if ((strcmp(a, "--iterations") == 0 || strcmp(a, "--repeats") == 0 || strcmp(a, "--rows") == 0 ||
+             strcmp(a, "--floor") == 0) && i + 1 < argc)
             val = argv[++i];
         else if (strncmp(a, "--iterations=", 13) == 0)
             val = a + 13, a = "--iterations";
@@ -180,11 +263,17 @@ int main(int argc, char **argv)
             repeats = strtol(val, NULL, 10);
         } else if (val && strcmp(a, "--rows") == 0) {
             only = val;
+        } else if (val && strcmp(a, "--floor") == 0) {
+            floor_kind = val;
         } else {
             fprintf(stderr, "kbox-bench: unknown argument: %s\n", argv[i]);
             usage(stderr);
             return 2;
         }
+    }
+    if (floor_kind && install_floor(floor_kind) != 0) {
+        fprintf(stderr, "kbox-bench: cannot install --floor %s: %s\n", floor_kind, strerror(errno));
+        return 2;
     }
     if (iterations <= 0 || repeats <= 0) {
         fprintf(stderr, "kbox-bench: --iterations and --repeats must be positive\n");
@@ -235,5 +324,9 @@ int main(int argc, char **argv)
     }
     if (json)
         printf("]}\n");
+    if (floor_helper > 0) {
+        kill(floor_helper, SIGKILL);
+        waitpid(floor_helper, NULL, 0);
+    }
     return 0;
 }
