@@ -109,7 +109,7 @@ def run(client: paramiko.SSHClient, command: str, timeout: float,
     if transport is None or not transport.is_active():
         raise SSHError("SSH transport is closed")
     start = time.monotonic()
-    chan = transport.open_session(timeout=min(timeout, 10.0))
+    chan = _open_session(transport, min(timeout, 10.0))
     out, err = bytearray(), bytearray()
     try:
         if pty:
@@ -148,6 +148,31 @@ def run(client: paramiko.SSHClient, command: str, timeout: float,
         chan.close()
 
 
+def _open_session(transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
+    """A new session channel; dropbear refuses one now and then while it is still tearing
+    down closed ones ("Unable to open channel"), so a refusal is retried briefly."""
+    for attempt in range(5):
+        try:
+            return transport.open_session(timeout=timeout)
+        except paramiko.ChannelException:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _sftp(client: paramiko.SSHClient) -> paramiko.SFTPClient | None:
+    """SFTP if the guest offers it.  The answer is remembered per connection: a refused
+    subsystem request costs a channel, and dropbear limits channels per connection."""
+    if getattr(client, "_kbox_no_sftp", False):
+        return None
+    try:
+        return client.open_sftp()
+    except (paramiko.SSHException, EOFError, OSError):
+        client._kbox_no_sftp = True  # type: ignore[attr-defined]
+        return None
+
+
 def _feed(chan: paramiko.Channel, data: bytes | BinaryIO, deadline: float) -> None:
     chan.settimeout(max(deadline - time.monotonic(), 0.1))
     try:
@@ -165,10 +190,7 @@ def _feed(chan: paramiko.Channel, data: bytes | BinaryIO, deadline: float) -> No
 def put(client: paramiko.SSHClient, local: Path, remote: str, timeout: float) -> None:
     """Copy a host file into the guest (SFTP when the guest has it, else `cat >`)."""
     mode = local.stat().st_mode & 0o777
-    try:
-        sftp = client.open_sftp()
-    except (paramiko.SSHException, EOFError, OSError):
-        sftp = None
+    sftp = _sftp(client)
     if sftp is not None:
         try:
             sftp.get_channel().settimeout(timeout)
@@ -186,10 +208,7 @@ def put(client: paramiko.SSHClient, local: Path, remote: str, timeout: float) ->
 
 def get(client: paramiko.SSHClient, remote: str, local: Path, timeout: float) -> None:
     """Copy a guest file to the host (SFTP when the guest has it, else `cat`)."""
-    try:
-        sftp = client.open_sftp()
-    except (paramiko.SSHException, EOFError, OSError):
-        sftp = None
+    sftp = _sftp(client)
     if sftp is not None:
         try:
             sftp.get_channel().settimeout(timeout)
