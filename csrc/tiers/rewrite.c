@@ -54,33 +54,6 @@ bool kbox_rewrite_owns(uint64_t pc)
     return false;
 }
 
-/* Calls whose handling needs the interrupted context (a signal frame). */
-static bool needs_trap(int nr)
-{
-    switch (nr) {
-    case __NR_rt_sigreturn:
-    case __NR_clone:
-    case __NR_clone3:
-#ifdef __NR_fork
-    case __NR_fork:
-#endif
-#ifdef __NR_vfork
-    case __NR_vfork:
-#endif
-    case __NR_execve:
-    case __NR_execveat:
-    case __NR_rt_sigprocmask:
-    case __NR_sigaltstack:
-    case __NR_rt_sigpending:
-    case __NR_exit:
-    case __NR_exit_group:
-    case KBOX_NR_VFORK_DONE:
-        return true;
-    default:
-        return false;
-    }
-}
-
 void kbox_rewrite_enable(const struct kbox_policy *p)
 {
     (void)p; /* the fast-path table (kbox_trap_fast) is the trap runtime's */
@@ -97,7 +70,7 @@ void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site)
         kbox_arch_rw_set_result(f, site + KBOX_SYSCALL_INSN_LEN, r);
         return;
     }
-    if (needs_trap(nr)) {
+    if (kbox_trap_needs_frame(nr)) {
         kbox_arch_rw_set_trap(f);
         return;
     }
@@ -287,7 +260,7 @@ static bool patch(uint64_t site)
 
 void kbox_rewrite_site(uint64_t site, int nr)
 {
-    if (!rw.enabled || needs_trap(nr) || kbox_rewrite_owns(site))
+    if (!rw.enabled || kbox_trap_needs_frame(nr) || kbox_rewrite_owns(site))
         return;
     /* Never our own code (the launcher image, which is linked at a fixed address). */
     extern const char __executable_start[], _end[];

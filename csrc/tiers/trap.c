@@ -725,12 +725,14 @@ int64_t kbox_trap_serve_direct(struct kbox_req *req)
     return kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN);
 }
 
-/* Calls kbox_trap_serve handles itself because they need the signal frame. */
-static bool frame_special(int nr)
+/* Calls that need the interrupted context (the signal frame): kbox_trap_serve handles them
+ * itself, or emulates them on the frame (signal mask, alternate stack). */
+bool kbox_trap_needs_frame(int nr)
 {
     switch (nr) {
     case __NR_rt_sigreturn: case __NR_exit: case __NR_exit_group: case __NR_execve:
     case __NR_execveat: case __NR_clone: case __NR_clone3: case KBOX_NR_VFORK_DONE:
+    case __NR_rt_sigprocmask: case __NR_sigaltstack: case __NR_rt_sigpending:
 #ifdef __NR_fork
     case __NR_fork:
 #endif
@@ -748,7 +750,7 @@ uint8_t kbox_trap_fast[KBOX_NR_MAX];
 static void compute_fast_paths(const struct kbox_policy *p)
 {
     for (int nr = 0; nr < KBOX_NR_MAX; nr++)
-        kbox_trap_fast[nr] = kbox_dispatch_passthrough(p, nr) && !runtime_special(nr) && !frame_special(nr);
+        kbox_trap_fast[nr] = kbox_dispatch_passthrough(p, nr) && !runtime_special(nr) && !kbox_trap_needs_frame(nr);
 }
 
 /* ---- the handler -------------------------------------------------------------------------- */
@@ -922,18 +924,24 @@ static int install_trap_source(const struct kbox_launch *L)
     return (int)r;
 }
 
-/* Loads the program into this process, arms the runtime and enters the guest. */
-static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
+/* Loads the program into this process, or reports why not (shell exit codes) and exits. */
+static void load_or_exit(struct kbox_launch *L, struct kbox_loaded *img)
 {
     char msg[512];
     struct kbox_buf err;
     kbox_buf_init(&err, msg, sizeof(msg));
-    struct kbox_loaded img;
-    int rc = kbox_load_program(L->path, L->argv, L->envp, L->auxv, &img, &err);
+    int rc = kbox_load_program(L->path, L->argv, L->envp, L->auxv, img, &err);
     if (rc < 0) {
         kbox_err(msg, NULL, NULL);
         kbox_exit_group(rc == -ENOENT_ ? KBOX_EXIT_NOT_FOUND : KBOX_EXIT_CANNOT_EXEC);
     }
+}
+
+/* Loads the program into this process, arms the runtime and enters the guest. */
+static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
+{
+    struct kbox_loaded img;
+    load_or_exit(L, &img);
     rt.policy = L->policy;
     rt.launch = L;
     compute_fast_paths(L->policy);
@@ -970,15 +978,8 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
 
 int kbox_plain_run(struct kbox_launch *L)
 {
-    char msg[512];
-    struct kbox_buf err;
-    kbox_buf_init(&err, msg, sizeof(msg));
     struct kbox_loaded img;
-    int rc = kbox_load_program(L->path, L->argv, L->envp, L->auxv, &img, &err);
-    if (rc < 0) {
-        kbox_err(msg, NULL, NULL);
-        return rc == -ENOENT_ ? KBOX_EXIT_NOT_FOUND : KBOX_EXIT_CANNOT_EXEC;
-    }
+    load_or_exit(L, &img);
     kbox_enter_guest(img.entry, img.sp);
 }
 

@@ -15,6 +15,9 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
  * then skip the dispatcher after one table lookup. */
 extern uint8_t kbox_trap_fast[];
 
+/* Calls that need the signal frame (served only on the trap path). */
+bool kbox_trap_needs_frame(int nr);
+
 /* Serves a call outside any signal handler (from a rewrite trampoline); returns the result. */
 int64_t kbox_trap_serve_direct(struct kbox_req *req);
 
