@@ -11,6 +11,11 @@ static long vm_rw(int nr, int pid, uint64_t addr, void *buf, size_t len)
     return KSYS6(nr, pid, &local, 1, &remote, 1, 0);
 }
 
+long kbox_mem_read_self(uint64_t addr, void *buf, size_t len)
+{
+    return vm_rw(__NR_process_vm_readv, (int)kbox_getpid(), addr, buf, len);
+}
+
 static long self_read(const struct kbox_mem *m, uint64_t addr, void *buf, size_t len)
 {
     return vm_rw(__NR_process_vm_readv, m->pid ? m->pid : (int)kbox_getpid(), addr, buf, len);

@@ -9,6 +9,7 @@
 #include "tiers/rewrite.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "core/mem.h"
 
 struct kbox_rw_frame {
     uint64_t x[19];     /* x0..x18 */
@@ -20,16 +21,10 @@ extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[
 
 #define SVC0 0xd4000001u
 
-static long read_self(uint64_t addr, void *buf, size_t len)
-{
-    struct { void *b; size_t l; } local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
-    return KSYS6(__NR_process_vm_readv, kbox_getpid(), &local, 1, &remote, 1, 0);
-}
-
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
 {
     uint32_t insn;
-    if ((site & 3) || read_self(site, &insn, 4) != 4 || insn != SVC0)
+    if ((site & 3) || kbox_mem_read_self(site, &insn, 4) != 4 || insn != SVC0)
         return -1;
     plan->site = site;
     plan->patch_at = site;

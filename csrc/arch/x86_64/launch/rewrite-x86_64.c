@@ -18,6 +18,7 @@
 #include "tiers/rewrite.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "core/mem.h"
 #include <linux/elf.h>
 
 struct kbox_rw_frame {
@@ -28,12 +29,6 @@ extern const uint8_t kbox_rw_tmpl_start[], kbox_rw_tmpl_site[], kbox_rw_tmpl_ent
 extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[];
 
 /* ---- finding the function that contains the site ---------------------------------------- */
-
-static long read_self(uint64_t addr, void *buf, size_t len)
-{
-    struct { void *b; size_t l; } local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
-    return KSYS6(__NR_process_vm_readv, kbox_getpid(), &local, 1, &remote, 1, 0);
-}
 
 /* /proc/self/maps: the start of the mapping at file offset 0 of the file mapped at `addr`
  * (where its ELF header is), or 0. */
@@ -94,7 +89,7 @@ static int64_t read_enc(uint64_t *p, uint8_t enc, uint64_t datarel)
     int32_t v;
     if ((enc & 0x0f) != 0x0b && (enc & 0x0f) != 0x03)
         return INT64_MIN;
-    if (read_self(*p, &v, 4) != 4)
+    if (kbox_mem_read_self(*p, &v, 4) != 4)
         return INT64_MIN;
     int64_t val = (enc & 0x0f) == 0x0b ? (int64_t)v : (int64_t)(uint32_t)v;
     uint64_t at = *p;
@@ -160,7 +155,7 @@ static int eh_frame_scan(const char *path, uint64_t bias, uint64_t site, uint64_
     uint64_t cie_off[8] = { 0 };
     int ncie = 0;
     uint64_t best = 0, best_end = 0;
-    if (read_self(sec, (void *)buf, size) != (long)size)
+    if (kbox_mem_read_self(sec, (void *)buf, size) != (long)size)
         goto out;
     while (p + 8 <= lim) {
         uint32_t len;
@@ -232,11 +227,11 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
     if (!base)
         return -1;
     Elf64_Ehdr eh;
-    if (read_self(base, &eh, sizeof(eh)) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, 4) != 0 ||
+    if (kbox_mem_read_self(base, &eh, sizeof(eh)) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, 4) != 0 ||
         eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 64)
         return -1;
     Elf64_Phdr ph[64];
-    if (read_self(base + eh.e_phoff, ph, eh.e_phnum * sizeof(Elf64_Phdr)) != (long)(eh.e_phnum * sizeof(Elf64_Phdr)))
+    if (kbox_mem_read_self(base + eh.e_phoff, ph, eh.e_phnum * sizeof(Elf64_Phdr)) != (long)(eh.e_phnum * sizeof(Elf64_Phdr)))
         return -1;
     uint64_t first_vaddr = ~0ULL, hdr_vaddr = 0;
     for (int i = 0; i < eh.e_phnum; i++) {
@@ -252,7 +247,7 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
         return eh_frame_scan(path, bias, site, start, end);
     uint64_t hdr = bias + hdr_vaddr;
     uint8_t h[4];
-    if (read_self(hdr, h, 4) != 4 || h[0] != 1)
+    if (kbox_mem_read_self(hdr, h, 4) != 4 || h[0] != 1)
         return -1;
     uint64_t p = hdr + 4;
     if (read_enc(&p, h[1], hdr) == INT64_MIN)
@@ -265,7 +260,7 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
     while (lo <= hi) {
         int64_t mid = (lo + hi) / 2;
         int32_t loc;
-        if (read_self(p + (uint64_t)mid * 8, &loc, 4) != 4)
+        if (kbox_mem_read_self(p + (uint64_t)mid * 8, &loc, 4) != 4)
             return -1;
         if (hdr + (uint64_t)(int64_t)loc <= site) {
             best = mid;
@@ -277,12 +272,12 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
     if (best < 0)
         return -1;
     int32_t loc;
-    read_self(p + (uint64_t)best * 8, &loc, 4);
+    kbox_mem_read_self(p + (uint64_t)best * 8, &loc, 4);
     *start = hdr + (uint64_t)(int64_t)loc;
     *end = site + 2;
     if (best + 1 < count) {
         int32_t next;
-        if (read_self(p + (uint64_t)(best + 1) * 8, &next, 4) == 4)
+        if (kbox_mem_read_self(p + (uint64_t)(best + 1) * 8, &next, 4) == 4)
             *end = hdr + (uint64_t)(int64_t)next;
     }
     return site < *end && site - *start < (1u << 20) ? 0 : -1;
@@ -330,7 +325,7 @@ static bool relocatable(const uint8_t *c, int len)
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
 {
     uint8_t insn[2];
-    if (read_self(site, insn, 2) != 2 || insn[0] != 0x0f || insn[1] != 0x05)
+    if (kbox_mem_read_self(site, insn, 2) != 2 || insn[0] != 0x0f || insn[1] != 0x05)
         return -1;
     uint64_t start, end;
     if (function_bounds(site, &start, &end) < 0)
@@ -342,7 +337,7 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
         return -1;
     uint8_t *code = (uint8_t *)m;
     uint64_t pc = start, prev = 0;
-    if (read_self(start, code, span) == (long)span) {
+    if (kbox_mem_read_self(start, code, span) == (long)span) {
         while (pc < site) {
             int n = kbox_x86_insn_len(code + (pc - start), (size_t)(site + 2 - pc));
             if (n <= 0)
@@ -357,7 +352,7 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     int len = (int)(site - prev);
     if (len < 5 || len > 15)
         return -1;
-    if (read_self(prev, plan->reloc, (size_t)len) != len || !relocatable(plan->reloc, len))
+    if (kbox_mem_read_self(prev, plan->reloc, (size_t)len) != len || !relocatable(plan->reloc, len))
         return -1;
     plan->site = site;
     plan->patch_at = prev;
@@ -433,7 +428,7 @@ static int window(uint64_t at, uint32_t n, struct kbox_rw_step *st)
         st->win = at & ~15ULL, st->len = 16;
     else
         return -1;
-    return read_self(st->win, st->bytes, st->len) == (long)st->len ? 0 : -1;
+    return kbox_mem_read_self(st->win, st->bytes, st->len) == (long)st->len ? 0 : -1;
 }
 
 int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp,
