@@ -21,6 +21,7 @@
 #include "tiers/vfork.h"
 #include "core/mem.h"
 #include "core/policy.h"
+#include "tiers/maps.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include <linux/mman.h>
@@ -184,34 +185,11 @@ static uint64_t alloc_tramp(uint64_t near, uint64_t reach, uint64_t size)
     return 0;
 }
 
-/* Protection of the mapping containing `addr`, from /proc/self/maps (-1 if unknown). */
+/* Protection of the mapping containing `addr` (-1 if unknown). */
 static int prot_of(uint64_t addr)
 {
-    static char buf[64 * 1024];
-    long fd = kbox_openat(-100, "/proc/self/maps", 0, 0);
-    if (fd < 0)
-        return -1;
-    long n = 0, r;
-    while (n < (long)sizeof(buf) - 1 && (r = kbox_read((int)fd, buf + n, sizeof(buf) - 1 - (size_t)n)) > 0)
-        n += r;
-    kbox_close((int)fd);
-    buf[n] = 0;
-    for (char *line = buf; *line;) {
-        uint64_t lo = 0, hi = 0;
-        char *p = line;
-        while (*p && *p != '-') { lo = lo * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
-        if (*p) p++;
-        while (*p && *p != ' ') { hi = hi * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
-        if (*p) p++;
-        if (addr >= lo && addr < hi && p[0] && p[1] && p[2])
-            return (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
-                   (p[2] == 'x' ? PROT_EXEC : 0);
-        while (*line && *line != '\n')
-            line++;
-        if (*line)
-            line++;
-    }
-    return -1;
+    struct kbox_map m;
+    return kbox_maps_find(addr, &m) == 0 ? m.prot : -1;
 }
 
 static bool patch(uint64_t site)

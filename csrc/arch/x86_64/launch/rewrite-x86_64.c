@@ -19,6 +19,7 @@
 #include "lib/str.h"
 #include "lib/sys.h"
 #include "core/mem.h"
+#include "tiers/maps.h"
 #include <linux/elf.h>
 
 struct kbox_rw_frame {
@@ -30,57 +31,15 @@ extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[
 
 /* ---- finding the function that contains the site ---------------------------------------- */
 
-/* /proc/self/maps: the start of the mapping at file offset 0 of the file mapped at `addr`
- * (where its ELF header is), or 0. */
+/* The start of the mapping at file offset 0 of the file mapped at `addr` (where its ELF
+ * header is), and that file's path; 0 for anonymous code (no unwind tables to read). */
 static uint64_t object_base(uint64_t addr, char *path_out, size_t path_cap)
 {
-    static char buf[64 * 1024];
-    long fd = kbox_openat(-100, "/proc/self/maps", 0, 0);
-    if (fd < 0)
+    struct kbox_map m;
+    if (kbox_maps_find(addr, &m) < 0 || m.path[0] != '/' || kbox_strlen(m.path) >= path_cap)
         return 0;
-    long n = 0, r;
-    while (n < (long)sizeof(buf) - 1 && (r = kbox_read((int)fd, buf + n, sizeof(buf) - 1 - (size_t)n)) > 0)
-        n += r;
-    kbox_close((int)fd);
-    buf[n < 0 ? 0 : n] = 0;
-    /* Two passes: find the line containing addr and its path; then that path at offset 0. */
-    char path[512] = { 0 };
-    for (int pass = 0; pass < 2; pass++) {
-        char *line = buf;
-        while (*line) {
-            char *end = line;
-            while (*end && *end != '\n')
-                end++;
-            uint64_t lo = 0, hi = 0, off = 0;
-            char *p = line;
-            while (*p && *p != '-') { lo = lo * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
-            p++;
-            while (*p && *p != ' ') { hi = hi * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
-            p += 6; /* " rwxp " */
-            while (*p && *p != ' ') { off = off * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10); p++; }
-            int spaces = 0;
-            while (p < end && spaces < 3) { if (*p == ' ') { spaces++; while (*p == ' ') p++; } else p++; }
-            while (p < end && *p == ' ')
-                p++;
-            size_t plen = (size_t)(end - p);
-            if (pass == 0 && addr >= lo && addr < hi) {
-                if (plen == 0 || plen >= sizeof(path) || *p != '/')
-                    return 0; /* anonymous code: no unwind tables to find function starts */
-                memcpy(path, p, plen);
-                path[plen] = 0;
-                break;
-            }
-            if (pass == 1 && off == 0 && plen == kbox_strlen(path) && memcmp(p, path, plen) == 0) {
-                if (kbox_strlen(path) < path_cap)
-                    memcpy(path_out, path, kbox_strlen(path) + 1);
-                return lo;
-            }
-            line = *end ? end + 1 : end;
-        }
-        if (!path[0])
-            return 0;
-    }
-    return 0;
+    memcpy(path_out, m.path, kbox_strlen(m.path) + 1);
+    return kbox_maps_file_start(m.path);
 }
 
 static int64_t read_enc(uint64_t *p, uint8_t enc, uint64_t datarel)
