@@ -47,10 +47,37 @@ def test_kbox_bench_text_output_and_row_subset(bench_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     names = [ln.split()[0] for ln in proc.stdout.splitlines()]
     assert names == ["getpid", "syscall500"]
-    assert all(ln.endswith("ns/call") for ln in proc.stdout.splitlines())
+    assert all(ln.endswith("ns/call  (500 calls per pass)") for ln in proc.stdout.splitlines())
 
 
-@pytest.mark.parametrize("args", [["--rows", "bogus"], ["--iterations", "0"], ["--frobnicate"]])
+def test_kbox_bench_max_seconds_bounds_a_row_and_says_so(bench_dir: Path) -> None:
+    # stat costs ~0.5-1 us natively: 10^7 calls x 2 passes would take >10 s; 50 ms allows
+    # only a few tens of thousands, and the row reports the calls it actually timed.
+    proc = run_bench_prog(bench_dir, "--iterations", "10000000", "--repeats", "2",
+                          "--max-seconds", "0.05", "--rows", "stat", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["max_seconds"] == 0.05
+    [row] = data["rows"]
+    assert 10 <= row["calls"] < 1000000, row
+    assert 1.0 < row["ns_per_call"] < 1e6, row
+    # Without the bound every pass runs the full count.
+    proc = run_bench_prog(bench_dir, "--iterations", "300", "--rows", "getpid", "--json")
+    assert json.loads(proc.stdout)["rows"][0]["calls"] == 300
+
+
+@pytest.mark.parametrize("floor", ["filter", "sud"])
+def test_kbox_bench_safety_net_floors_run_every_row(bench_dir: Path, floor: str) -> None:
+    # The floors of the rewrite tier: the seccomp filter / SUD installed, every call allowed
+    # (so every row still works), each call paying the kernel's check.  SUD is x86_64-only on
+    # the Debian kernels; this host runs x86_64 with SUD (kbox doctor checks it).
+    proc = run_bench_prog(bench_dir, "--floor", floor, "--iterations", "200", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in json.loads(proc.stdout)["rows"]] == ROWS
+
+
+@pytest.mark.parametrize("args", [["--rows", "bogus"], ["--iterations", "0"], ["--frobnicate"],
+                                  ["--max-seconds", "0"], ["--max-seconds", "soon"]])
 def test_kbox_bench_rejects_bad_arguments(bench_dir: Path, args: list[str]) -> None:
     proc = run_bench_prog(bench_dir, *args)
     assert proc.returncode == 2 and proc.stderr.startswith("kbox-bench: "), proc.stderr
@@ -131,6 +158,20 @@ def test_bench_default_modes_tolerate_absent_tiers(bench_dir: Path,
     data = json.loads(capsys.readouterr().out)
     assert data["modes"] == ["native"]
     assert set(data["skipped"]) == {"seccomp", "trap", "rewrite", "auto"}
+
+
+def test_bench_max_seconds_is_passed_on_and_cut_cells_are_listed(
+        bench_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KBOX_NATIVE_DIR", str(bench_dir))
+    args = bench_args(modes="native", iterations=5000000, rounds=1, repeats=1, rows="stat",
+                      max_seconds=0.02)
+    assert bench.run_bench(args) == 0
+    out = capsys.readouterr().out
+    assert "cut by --max-seconds 0.02: stat/native (" in out, out
+    with pytest.raises(UserError) as exc:
+        bench.run_bench(bench_args(modes="native", max_seconds=-1))
+    assert exc.value.exit_code == 2 and "--max-seconds" in str(exc.value)
 
 
 def test_bench_unknown_mode_is_a_usage_error() -> None:

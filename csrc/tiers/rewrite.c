@@ -58,6 +58,7 @@ bool kbox_rewrite_owns(uint64_t pc)
 void kbox_rewrite_enable(const struct kbox_policy *p)
 {
     (void)p; /* the fast-path table (kbox_trap_fast) is the trap runtime's */
+    kbox_arch_rw_enable(kbox_trap_fast, KBOX_NR_MAX);
     rw.enabled = true;
 }
 

@@ -5,7 +5,8 @@
  * zmm0-31 where AVX-512 exists; v0-v31 on aarch64), makes one getpid syscall from a site
  * shaped like glibc's wrappers (so the rewrite tier patches it), and records everything
  * afterwards.  The result register is not compared; on x86_64 rcx must hold the address
- * after the syscall and r11 the flags, as the kernel leaves them.
+ * after the syscall and r11 the flags, as the kernel leaves them, and the arithmetic flags
+ * (set from random operands before each call) must come back unchanged.
  *
  * Output: deterministic yes/no lines.  Usage: regs [ITERATIONS] (default: up to 1,000,000
  * calls or 2 seconds, whichever comes first, so emulated guests finish).
@@ -15,7 +16,7 @@
 #include <stdbool.h>
 #include <time.h>
 
-uint64_t probe_in[32], probe_out[32], probe_flags_before, probe_rcx_expect;
+uint64_t probe_in[32], probe_out[32], probe_flags_before, probe_flags_after, probe_rcx_expect;
 uint8_t probe_vin[32 * 64] __attribute__((aligned(64))), probe_vout[32 * 64] __attribute__((aligned(64)));
 uint64_t probe_redzone[16];
 int probe_wide;
@@ -48,6 +49,8 @@ __asm__(
     "movdqu probe_vin+16*\\n(%rip), %xmm\\n\n"
     ".endr\n"
     "2:\n"
+    /* random CF/PF/AF/ZF/SF/OF for this call (probe_in[14..15] are not register slots) */
+    "mov probe_in+112(%rip), %rax; add probe_in+120(%rip), %rax\n"
     "pushfq; pop %rax; mov %rax, probe_flags_before(%rip)\n"
     "movabs $0x5a5aa5a55a5aa5a5, %rax\n"
     ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16\n"
@@ -72,6 +75,8 @@ __asm__(
     "mov %r8, probe_out+48(%rip)\n mov %r9, probe_out+56(%rip)\n mov %r10, probe_out+64(%rip)\n"
     "mov %r11, probe_out+72(%rip)\n mov %r12, probe_out+80(%rip)\n mov %r13, probe_out+88(%rip)\n"
     "mov %r14, probe_out+96(%rip)\n mov %r15, probe_out+104(%rip)\n"
+    /* the flags after the call, without pushing (the red zone is checked next) */
+    "seto %al; lahf; movzwl %ax, %eax; mov %rax, probe_flags_after(%rip)\n"
     ".irp n,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16\n"
     "mov -8*\\n(%rsp), %rax; mov %rax, probe_redzone+8*(\\n-1)(%rip)\n"
     ".endr\n"
@@ -184,6 +189,9 @@ int main(int argc, char **argv)
 #if defined(__x86_64__)
         for (int i = 0; i < 16; i++)
             rz_ok &= probe_redzone[i] == 0x5a5aa5a55a5aa5a5ULL;
+        /* lahf: SF ZF AF PF CF in bits 15..8 as in rflags' low byte; seto: OF in bit 0 */
+        special_ok &= ((probe_flags_after >> 8) & 0xd5) == (probe_flags_before & 0xd5) &&
+                      (probe_flags_after & 1) == ((probe_flags_before >> 11) & 1);
 #endif
         if ((done & 1023) == 0 && now() - t0 > budget)
             break;

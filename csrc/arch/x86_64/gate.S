@@ -19,6 +19,20 @@ kbox_syscall6:
 	ret
 	.size kbox_syscall6, . - kbox_syscall6
 
+/* The rewrite tier's passthrough path (see launch/rewrite-tramp.S): a trampoline jumps here
+ * with the guest's registers as they were at its syscall site, the red zone stepped over and
+ * the site's resume address pushed.  The syscall runs with the guest's flags untouched, so
+ * r11 and the flags come back exactly as for the original instruction; rcx is set to the
+ * resume address, as the kernel would have left it. */
+	.globl kbox_rw_gate
+	.type kbox_rw_gate, @function
+kbox_rw_gate:
+	syscall
+	pop %rcx
+	lea 128(%rsp), %rsp
+	jmp *%rcx
+	.size kbox_rw_gate, . - kbox_rw_gate
+
 /* The runtime's SA_RESTORER, and the place a guest's own rt_sigreturn is replayed from:
  * entered with rsp pointing at the ucontext of a signal frame. */
 	.globl kbox_sigreturn

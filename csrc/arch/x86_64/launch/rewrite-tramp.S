@@ -1,8 +1,18 @@
 /* Template of an x86_64 rewrite trampoline (copied per site, never run in place).
  *
  * The site's relocated instruction (the >= 5-byte instruction before `syscall`, which the
- * patch replaced by `jmp rel32`) is copied in front of this.  Then: step over the 128-byte
- * red zone (lea: flags untouched), save flags and every register the C dispatcher may
+ * patch replaced by `jmp rel32`) is copied in front of this.
+ *
+ * Passthrough path first: if the dispatcher has nothing to do for this syscall number (no
+ * trace, deny, stats, ...: kbox_rw_fast), step over the red zone, push the resume address
+ * and let kbox_rw_gate run the syscall.  Nothing on this path writes the flags (mov, movz,
+ * bswap, lea, push, jrcxz and jmp leave them alone; rcx and r11 are free because the
+ * syscall clobbers them anyway), so no pushfq/popfq: the kernel sees the guest's flags and
+ * returns them in r11 and rflags exactly as for the original instruction.  The number is
+ * the low 32 bits of rax, as the kernel reads it; the table has 65536 entries, indexed by
+ * the low 16 bits once bswap has shown the high 16 to be zero.
+ *
+ * Otherwise: step over the red zone, save flags and every register the C dispatcher may
  * clobber, call kbox_rewrite_entry on a 16-byte aligned stack, restore, and jump back past
  * the syscall.  If the dispatcher wants the call to take the trap path (clone, execve, ...),
  * the registers are restored and a `syscall` here — outside the gate — raises SIGSYS.
@@ -10,8 +20,26 @@
 	.text
 	.globl kbox_rw_tmpl_start, kbox_rw_tmpl_site, kbox_rw_tmpl_entry
 	.globl kbox_rw_tmpl_jmp1, kbox_rw_tmpl_jmp2, kbox_rw_tmpl_end
+	.globl kbox_rw_tmpl_fast, kbox_rw_tmpl_resume, kbox_rw_tmpl_gate
 kbox_rw_tmpl_start:
-	lea -128(%rsp), %rsp            /* 48 8d 64 24 80 */
+	mov %eax, %ecx
+	bswap %ecx
+	movzwl %cx, %ecx                /* the number's high 16 bits (byte-swapped) */
+	jrcxz 2f
+	jmp 3f
+2:	movzwl %ax, %ecx
+kbox_rw_tmpl_fast:
+	movabs $0x3333333333333333, %r11   /* 49 bb imm64: kbox_rw_fast */
+	movzbl (%r11,%rcx), %ecx
+	jrcxz 3f
+	lea -128(%rsp), %rsp
+kbox_rw_tmpl_resume:
+	movabs $0x4444444444444444, %rcx   /* 48 b9 imm64: the resume address */
+	push %rcx
+kbox_rw_tmpl_gate:
+	movabs $0x5555555555555555, %rcx   /* 48 b9 imm64: kbox_rw_gate */
+	jmp *%rcx
+3:	lea -128(%rsp), %rsp            /* 48 8d 64 24 80 */
 	push $0                         /* decision slot */
 	pushfq
 	push %rax

@@ -28,6 +28,18 @@ struct kbox_rw_frame {
 
 extern const uint8_t kbox_rw_tmpl_start[], kbox_rw_tmpl_site[], kbox_rw_tmpl_entry[];
 extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[];
+extern const uint8_t kbox_rw_tmpl_fast[], kbox_rw_tmpl_resume[], kbox_rw_tmpl_gate[];
+extern const uint8_t kbox_rw_gate[];
+
+/* The trampolines' passthrough table, indexed by the low 16 bits of a syscall number whose
+ * high 16 bits are zero (the template checks that without touching the flags). */
+static uint8_t kbox_rw_fast[65536];
+
+void kbox_arch_rw_enable(const uint8_t *fast, int n)
+{
+    for (int i = 0; i < n && i < (int)sizeof(kbox_rw_fast); i++)
+        kbox_rw_fast[i] = fast[i];
+}
 
 /* ---- finding the function that contains the site ---------------------------------------- */
 
@@ -343,6 +355,12 @@ void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *pla
     put64(dst + o_entry + 2, (uint64_t)(uintptr_t)kbox_rewrite_entry);    /* 48 b8 imm64 */
     put32(dst + o_j1 + 1, (int32_t)(plan->resume - (at + o_j1 + 5)));    /* e9 rel32 */
     put32(dst + o_j2 + 1, (int32_t)(plan->resume - (at + o_j2 + 5)));    /* e9 rel32 */
+    put64(dst + r + (uint64_t)(kbox_rw_tmpl_fast - kbox_rw_tmpl_start) + 2,
+          (uint64_t)(uintptr_t)kbox_rw_fast);                             /* 49 bb imm64 */
+    put64(dst + r + (uint64_t)(kbox_rw_tmpl_resume - kbox_rw_tmpl_start) + 2,
+          plan->resume);                                                  /* 48 b9 imm64 */
+    put64(dst + r + (uint64_t)(kbox_rw_tmpl_gate - kbox_rw_tmpl_start) + 2,
+          (uint64_t)(uintptr_t)kbox_rw_gate);                             /* 48 b9 imm64 */
 }
 
 /* True if the instruction reads or writes rcx or r11, which the two-step patch's
