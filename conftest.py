@@ -12,6 +12,9 @@ away from them.
   ports, console logs and artifacts (keyed by worker_id, so nothing collides).
 - With xdist, tests are grouped per arch x kernel (--dist loadgroup) so one VM serves
   all tests of its group and each VM boots once per run rather than once per worker.
+  Groups are handed out heaviest first (GROUP_COST: longest-processing-time-first keeps
+  the two workers of a 2-core machine finishing together), and a worker shuts a VM down
+  as soon as it moves on to its next group: an idle guest under TCG still burns CPU.
 - The image build runs once per test run: ensure_image() holds a file lock per image,
   so with -n auto one worker builds and the others wait, then reuse the verified entry.
 - A failing VM test gets a "kbox VM" report section: console tail, dmesg, log path.
@@ -33,6 +36,12 @@ ARTIFACTS = Path(os.environ.get("KBOX_ARTIFACTS", REPO / "artifacts"))
 TIERS = ("native", "seccomp", "trap", "rewrite", "auto")
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 _CELL_KEY = "kbox_cell"
+# Seconds each VM's share of the full matrix took on the 2-core reference machine (TCG,
+# `pytest vmtests -n auto`, after the bench's --max-seconds cap).  Only the order matters:
+# groups are scheduled heaviest first.  Kernels without seccomp sync wake-up (6.1) make the
+# seccomp tier slow; aarch64 signal delivery under TCG makes the trap tier slow.
+GROUP_COST = {("x86_64", "6.1"): 270, ("aarch64", "6.12"): 235, ("aarch64", "6.1"): 170,
+              ("x86_64", "6.12"): 145}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,6 +91,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # so they learn it through workerinput (see pytest_configure_node below).
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+    if getattr(config.option, "dist", "no") == "loadgroup":
+        # Keep the order pytest_collection_modifyitems chose (xdist would otherwise sort
+        # groups by test count, which is the same for every VM).
+        config.option.loadscopereorder = False
     wi = getattr(config, "workerinput", None)
     if wi is not None and wi.get("kbox_loadgroup"):
         config.option.loadgroup = True
@@ -116,12 +129,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = [i for i in items if not _quick_deselects(i)]
-    for item in items:
+    def target(item: pytest.Item) -> tuple[str, str] | None:
         cs = getattr(item, "callspec", None)
-        if cs is not None and "vm_target" in cs.params:
-            arch, kernel = cs.params["vm_target"]
-            item.add_marker(pytest.mark.xdist_group(f"{arch}-{kernel}"))
+        return tuple(cs.params["vm_target"]) if cs is not None and "vm_target" in cs.params \
+            else None  # type: ignore[return-value]
+
+    for item in items:
+        t = target(item)
+        if t is not None:
+            item.add_marker(pytest.mark.xdist_group(f"{t[0]}-{t[1]}"))
             item.add_marker(pytest.mark.vm)
+    # Heaviest VM first, each VM's tests together (stable: file order within a VM), so that
+    # xdist hands out groups longest first and a single process boots each VM once.
+    items.sort(key=lambda i: -GROUP_COST.get(target(i) or ("", ""), 1 << 30))
 
 
 try:
@@ -161,6 +181,7 @@ class VMPool:
         if key in self.boot_failures:
             pytest.fail(f"{arch}/{kernel} VM failed to boot earlier in this session:\n"
                         f"{self.boot_failures[key]}", pytrace=False)
+        self.retire_others(key)
         image = ensure_image(arch, kernel, progress=False)
         # --keep-vm launches the VM detached (no death signal, no atexit kill) so it
         # survives the run for inspection; the summary prints how to reach and kill it.
@@ -175,6 +196,16 @@ class VMPool:
             pytest.fail(f"{arch}/{kernel} VM failed to boot: {exc}", pytrace=False)
         self.vms[key] = vm
         return vm
+
+    def retire_others(self, key: tuple[str, str]) -> None:
+        """Shut down the VMs of groups this process has finished: tests are ordered by VM
+        (pytest_collection_modifyitems) and xdist sends a whole group to one worker, so a
+        new VM means the earlier ones are done.  --keep-vm keeps them all."""
+        if self.keep:
+            return
+        for other in [k for k in self.vms if k != key]:
+            self.vms.pop(other).shutdown(timeout=3)
+            self.cache = {k: v for k, v in self.cache.items() if k[0] != other}
 
     def close(self) -> None:
         for (arch, kernel), vm in self.vms.items():
