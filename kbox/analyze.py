@@ -363,7 +363,8 @@ def decide_mode(report: Report, caps: KernelCaps) -> tuple[str, str]:
     blockers = report.rewrite_blockers
     if caps.rewrite_available and not blockers:
         how = ("svc #0 -> b to per-site trampolines" if info.machine == "aarch64"
-               else "the instruction before each syscall relocated into a per-site trampoline")
+               else "the instruction before each syscall relocated into a per-site trampoline, "
+                    "reached by jmp rel32, or by jmp rel8 through dead padding when it is short")
         return "rewrite", (f"no rewrite blocker found; sites are rewritten lazily ({how}); "
                            "sites that cannot be patched stay on the trap path, which is the safety net")
     if blockers:

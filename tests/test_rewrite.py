@@ -109,6 +109,38 @@ def test_a_site_straddling_a_16_byte_boundary_is_patched_in_two_steps(
     assert trapped == 1 and rewritten == 999_999, res.describe()
 
 
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_short_sites_are_rewritten_only_through_dead_padding(
+        kind: str, guest_dir: Path, guest_env: dict[str, str]) -> None:
+    """x86_64 sites after a 2-4 byte instruction take `jmp rel8` into nearby padding, but
+    only padding that provably never runs (tests/guest/shortsite.c)."""
+    res = run_mode("rewrite", [str(guest_dir / f"shortsite-{kind}")], env=guest_env, stats=True)
+    assert res.returncode == 0, res.describe()
+    assert res.stdout.splitlines() == ["plain short site: ok",
+                                       "padding that is a branch target: ok",
+                                       "function with an indirect jump: ok"], res.describe()
+    # ss_plain's site (getppid) is rewritten after its first call; the other two functions'
+    # sites (getpid, getuid) stay on the trap path for every one of their 2000 calls.
+    trapped, rewritten = rewritten_count(res.stderr, "getppid")
+    assert trapped <= 2 and rewritten >= 1999, res.describe()
+    for name in ("getpid", "getuid"):
+        trapped, rewritten = rewritten_count(res.stderr, name)
+        assert trapped >= 2000, (name, res.describe())
+
+
+def test_glibc_read_with_its_two_byte_xor_is_rewritten(guest_env: dict[str, str]) -> None:
+    # glibc's read is `xor %eax,%eax; syscall`: a short site.  dd reads one byte at a time.
+    import shutil
+
+    dd = shutil.which("dd")
+    assert dd, "coreutils dd is part of every Debian system"
+    res = run_mode("rewrite", [dd, "if=/dev/zero", "of=/dev/null", "bs=1", "count=5000"],
+                   env=guest_env, stats=True)
+    assert res.returncode == 0, res.describe()
+    trapped, rewritten = rewritten_count(res.stderr, "read")
+    assert trapped <= 3 and rewritten >= 4990, res.describe()
+
+
 DLOPEN_LIB = r"""
 long raw_getppid(void)
 {

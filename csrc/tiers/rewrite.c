@@ -207,9 +207,13 @@ static bool patch(uint64_t site)
     int nsteps = kbox_arch_rw_patch(&plan, tramp, steps, &interim);
     if (nsteps < 0)
         return false; /* the slot is wasted; harmless */
-    uint64_t win = steps[0].win, win_end = steps[nsteps - 1].win + steps[nsteps - 1].len;
-    if (steps[0].win + steps[0].len > win_end)
-        win_end = steps[0].win + steps[0].len;
+    uint64_t win = steps[0].win, win_end = steps[0].win + steps[0].len;
+    for (int i = 1; i < nsteps; i++) {
+        if (steps[i].win < win)
+            win = steps[i].win;
+        if (steps[i].win + steps[i].len > win_end)
+            win_end = steps[i].win + steps[i].len;
+    }
 
     /* The trampoline first, then the branch to it. */
     uint64_t cstart = tramp & ~(uint64_t)(CHUNK_SIZE - 1);

@@ -17,6 +17,7 @@ struct kbox_rw_plan {
     uint8_t reloc[16];      /* instruction bytes the trampoline re-executes first */
     uint32_t reloc_len;
     uint64_t reach;         /* the trampoline must lie within +-reach of patch_at */
+    uint64_t slot;          /* x86_64 short sites: the padding that holds the long jump */
 };
 
 /* Entered from a trampoline with the guest's saved registers. */

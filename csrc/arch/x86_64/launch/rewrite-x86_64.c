@@ -10,8 +10,12 @@
  *  - instruction boundaries come from decoding forward from the function's start (from the
  *    object's .eh_frame_hdr), never from guessing backwards;
  *  - the patch is one naturally aligned 8- or 16-byte atomic store, so no thread ever
- *    fetches a torn instruction; a site whose 5 bytes cross a 16-byte boundary stays on
- *    the trap path.
+ *    fetches a torn instruction; a site whose 5 bytes cross a 16-byte boundary is patched
+ *    in two steps through a trapping placeholder (kbox_arch_rw_patch).
+ * Short sites — an instruction of 2-4 bytes before the syscall, like glibc read's
+ * `xor %eax,%eax` — get `jmp rel8` instead, to a 5-byte `jmp rel32` written into alignment
+ * padding of the same function within 127 bytes (find_slot says which padding is provably
+ * dead).  Where there is none, the site stays on the trap path.
  */
 #include "arch.h"
 #include "decode.h"
@@ -264,7 +268,7 @@ static bool plain_modrm_opcode(uint8_t op)
     switch (op) {
     case 0x01: case 0x03: case 0x09: case 0x0b: case 0x11: case 0x13: case 0x19: case 0x1b:
     case 0x21: case 0x23: case 0x29: case 0x2b: case 0x31: case 0x33: case 0x39: case 0x3b:
-    case 0x81: case 0x83: case 0x85: case 0x88: case 0x89: case 0x8a: case 0x8b: case 0x8d:
+    case 0x80: case 0x81: case 0x83: case 0x85: case 0x88: case 0x89: case 0x8a: case 0x8b: case 0x8d:
     case 0xc6: case 0xc7:
         return true;
     default:
@@ -293,6 +297,123 @@ static bool relocatable(const uint8_t *c, int len)
     return !((modrm >> 6) == 0 && (modrm & 7) == 5);
 }
 
+/* ---- short sites: a 5-byte slot in dead padding ------------------------------------------ */
+
+/* What one decoded instruction means for control flow. */
+enum flow { FLOW_NEXT, FLOW_END /* ret, jmp, ud2: never falls through */, FLOW_INDIRECT };
+
+static enum flow insn_flow(const uint8_t *c, int len, uint64_t pc, uint64_t *target)
+{
+    int i = 0;
+    *target = 0;
+    while (i < len && (c[i] == 0x66 || c[i] == 0x67 || c[i] == 0xf2 || c[i] == 0xf3 || c[i] == 0x2e ||
+                       c[i] == 0x3e || c[i] == 0x26 || c[i] == 0x36 || c[i] == 0x64 || c[i] == 0x65 ||
+                       c[i] == 0xf0))
+        i++;
+    if (i < len && (c[i] & 0xf0) == 0x40)
+        i++;
+    if (i >= len)
+        return FLOW_NEXT;
+    uint8_t op = c[i];
+    uint64_t next = pc + (uint64_t)len;
+    if ((op >= 0x70 && op <= 0x7f) || (op >= 0xe0 && op <= 0xe3) || op == 0xeb) {
+        *target = next + (uint64_t)(int64_t)(int8_t)c[len - 1];
+        return op == 0xeb ? FLOW_END : FLOW_NEXT;
+    }
+    if (op == 0xe8 || op == 0xe9 || (op == 0x0f && i + 1 < len && c[i + 1] >= 0x80 && c[i + 1] <= 0x8f)) {
+        int32_t rel;
+        memcpy(&rel, c + len - 4, 4);
+        *target = next + (uint64_t)(int64_t)rel;
+        return op == 0xe9 ? FLOW_END : FLOW_NEXT;
+    }
+    if (op == 0xc3 || op == 0xc2 || (op == 0x0f && i + 1 < len && c[i + 1] == 0x0b))
+        return FLOW_END;
+    if (op == 0xff && i + 1 < len && (((c[i + 1] >> 3) & 7) == 4 || ((c[i + 1] >> 3) & 7) == 5))
+        return FLOW_INDIRECT; /* jmp *...: a jump table could land anywhere */
+    return FLOW_NEXT;
+}
+
+/* nop (90, 0f 1f /0 with any 66/2e prefixes) or int3 padding. */
+static bool is_padding(const uint8_t *c, int len)
+{
+    int i = 0;
+    while (i < len && (c[i] == 0x66 || c[i] == 0x2e))
+        i++;
+    if (i == len - 1)
+        return c[i] == 0x90 || c[i] == 0xcc;
+    return i + 1 < len && c[i] == 0x0f && c[i + 1] == 0x1f;
+}
+
+/* Slots already handed out (under the rewrite lock: kbox_arch_rw_plan runs inside it). */
+#define SLOTS_MAX 512
+static uint64_t slot_used[SLOTS_MAX];
+static int nslots;
+
+static bool slot_free(uint64_t at)
+{
+    for (int i = 0; i < nslots; i++)
+        if (at < slot_used[i] + 5 && slot_used[i] < at + 5)
+            return false;
+    return true;
+}
+
+/* A 5-byte slot for the long jump of the short site at `patch_at` (its `jmp rel8` ends at
+ * patch_at + 2), in the function [start, end) whose bytes are `code`.  A slot is dead code
+ * for certain when it lies in a run of padding that (1) directly follows an instruction
+ * that never falls through (ret, jmp, ud2), (2) ends on a 16-byte boundary, i.e. is the
+ * alignment padding before a label, and (3) is the target of no direct branch anywhere in
+ * the function, which (4) has no indirect jump.  Returns the slot or 0. */
+static uint64_t find_slot(const uint8_t *code, uint64_t start, uint64_t end, uint64_t patch_at)
+{
+    uint64_t best = 0, run = 0, pc = start;
+    bool after_end = false;
+    uint64_t cand[16];
+    int ncand = 0;
+    while (pc < end) {
+        const uint8_t *c = code + (pc - start);
+        int n = kbox_x86_insn_len(c, (size_t)(end - pc));
+        if (n <= 0)
+            return 0;
+        uint64_t target;
+        enum flow f = insn_flow(c, n, pc, &target);
+        if (f == FLOW_INDIRECT)
+            return 0;
+        if (is_padding(c, n)) {
+            if (!run && after_end)
+                run = pc;
+        } else {
+            run = 0;
+        }
+        after_end = (run != 0) || f == FLOW_END;
+        uint64_t next = pc + (uint64_t)n;
+        /* A run of padding that ends on a 16-byte boundary: its first 5 bytes, if in reach. */
+        if (run && (next & 15) == 0 && next - run >= 5 && ncand < 16) {
+            int64_t d = (int64_t)(run - (patch_at + 2));
+            if (d >= -128 && d <= 127 && slot_free(run))
+                cand[ncand++] = run;
+        }
+        pc = next;
+    }
+    /* (3): no direct branch may land inside a candidate (its end, the label, is fine). */
+    for (int k = 0; k < ncand && !best; k++) {
+        bool hit = false;
+        for (pc = start; pc < end && !hit;) {
+            const uint8_t *c = code + (pc - start);
+            int n = kbox_x86_insn_len(c, (size_t)(end - pc));
+            uint64_t target;
+            insn_flow(c, n, pc, &target);
+            hit = target >= cand[k] && target < cand[k] + 5;
+            pc += (uint64_t)n;
+        }
+        if (!hit)
+            best = cand[k];
+    }
+    if (!best || nslots == SLOTS_MAX)
+        return 0;
+    slot_used[nslots++] = best;
+    return best;
+}
+
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
 {
     uint8_t insn[2];
@@ -301,14 +422,20 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     uint64_t start, end;
     if (function_bounds(site, &start, &end) < 0)
         return -1;
-    /* Walk true instruction boundaries from the function start up to the site. */
-    size_t span = (size_t)(site + 2 - start);
+    /* Walk true instruction boundaries from the function start up to the site (and, for a
+     * short site, through the whole function: find_slot needs every branch in it). */
+    if (end - start > (1u << 20))
+        return -1;
+    size_t span = (size_t)(end - start);
+    if (span < site + 2 - start)
+        span = (size_t)(site + 2 - start);
     long m = kbox_mmap(NULL, span, 0x3 /* PROT_READ|PROT_WRITE */, 0x22 /* MAP_PRIVATE|MAP_ANONYMOUS */, -1, 0);
     if (kbox_is_err(m))
         return -1;
     uint8_t *code = (uint8_t *)m;
     uint64_t pc = start, prev = 0;
-    if (kbox_mem_read_self(start, code, span) == (long)span) {
+    bool have = kbox_mem_read_self(start, code, span) == (long)span;
+    if (have) {
         while (pc < site) {
             int n = kbox_x86_insn_len(code + (pc - start), (size_t)(site + 2 - pc));
             if (n <= 0)
@@ -317,11 +444,14 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
             pc += (uint64_t)n;
         }
     }
+    int len = (int)(site - prev);
+    plan->slot = 0;
+    if (have && pc == site && prev && len >= 2 && len < 5)
+        plan->slot = find_slot(code, start, start + span, prev);
     kbox_munmap(code, span);
     if (pc != site || !prev)
         return -1;
-    int len = (int)(site - prev);
-    if (len < 5 || len > 15)
+    if (len > 15 || (len < 5 && !plan->slot))
         return -1;
     if (kbox_mem_read_self(prev, plan->reloc, (size_t)len) != len || !relocatable(plan->reloc, len))
         return -1;
@@ -329,7 +459,7 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     plan->patch_at = prev;
     plan->reloc_len = (uint32_t)len;
     plan->resume = site + 2;
-    plan->reach = 0x7fff0000ULL;
+    plan->reach = 0x7fff0000ULL - 256; /* the slot is within 130 bytes of patch_at */
     return 0;
 }
 
@@ -413,9 +543,26 @@ int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp,
 {
     uint64_t m = plan->patch_at;
     uint8_t jmp[5];
+    *interim = false;
+    if (plan->slot) {
+        /* Short site: the long jump goes into the dead slot first (plain stores: nothing
+         * executes there), then `jmp rel8` to it replaces the instruction atomically. */
+        steps[0].win = plan->slot;
+        steps[0].len = 5;
+        steps[0].bytes[0] = 0xe9;
+        put32(steps[0].bytes + 1, (int32_t)(tramp - (plan->slot + 5)));
+        if (window(m, 2, &steps[1]) < 0)
+            return -1;
+        steps[1].bytes[m - steps[1].win] = 0xeb;
+        steps[1].bytes[m - steps[1].win + 1] = (uint8_t)(int8_t)(int64_t)(plan->slot - (m + 2));
+        /* The window was read before the slot is written: carry the slot's bytes it holds. */
+        for (uint64_t a = plan->slot; a < plan->slot + 5; a++)
+            if (a >= steps[1].win && a < steps[1].win + steps[1].len)
+                steps[1].bytes[a - steps[1].win] = steps[0].bytes[a - plan->slot];
+        return 2;
+    }
     jmp[0] = 0xe9;                                       /* jmp rel32 -> trampoline */
     put32(jmp + 1, (int32_t)(tramp - (m + 5)));
-    *interim = false;
     if (window(m, 5, &steps[0]) == 0) {
         memcpy(steps[0].bytes + (m - steps[0].win), jmp, 5);
         return 1;
