@@ -109,12 +109,9 @@ def run(client: paramiko.SSHClient, command: str, timeout: float,
     if transport is None or not transport.is_active():
         raise SSHError("SSH transport is closed")
     start = time.monotonic()
-    chan = _open_session(transport, min(timeout, 10.0))
+    chan = _start(transport, command, min(timeout, 10.0), pty)
     out, err = bytearray(), bytearray()
     try:
-        if pty:
-            chan.get_pty()
-        chan.exec_command(command)
         if stdin is not None:
             _feed(chan, stdin, start + timeout)
         chan.shutdown_write()
@@ -156,6 +153,26 @@ def _open_session(transport: paramiko.Transport, timeout: float) -> paramiko.Cha
             return transport.open_session(timeout=timeout)
         except paramiko.ChannelException:
             if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _start(transport: paramiko.Transport, command: str, timeout: float,
+           pty: bool) -> paramiko.Channel:
+    """A session channel running `command`.  dropbear sometimes closes a fresh channel
+    instead of answering its exec request (seen right after a refused SFTP subsystem on the
+    same connection); the command has not started then, so it is safe to ask again."""
+    for attempt in range(3):
+        chan = _open_session(transport, timeout)
+        try:
+            if pty:
+                chan.get_pty()
+            chan.exec_command(command)
+            return chan
+        except paramiko.SSHException:
+            chan.close()
+            if attempt == 2 or not transport.is_active():
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
