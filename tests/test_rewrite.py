@@ -78,7 +78,7 @@ def test_code_made_executable_after_start_is_interposed(guest_dir: Path,
     assert "JIT getppid matches libc: yes" in res.stdout, res.describe()  # both see -EPERM
     stats = run_mode("rewrite", [str(guest_dir / "jit-static")], env=guest_env, stats=True)
     trapped, rewritten = rewritten_count(stats.stderr, "getppid")
-    assert trapped + rewritten >= 4_001, stats.describe()
+    assert trapped + rewritten >= 1_001, stats.describe()  # 2 x 500 JIT calls + libc's
 
 
 def kbox_argv_with(mode: str, argv: list[str], *extra: str) -> list[str]:
@@ -120,12 +120,12 @@ def test_short_sites_are_rewritten_only_through_dead_padding(
                                        "padding that is a branch target: ok",
                                        "function with an indirect jump: ok"], res.describe()
     # ss_plain's site (getppid) is rewritten after its first call; the other two functions'
-    # sites (getpid, getuid) stay on the trap path for every one of their 2000 calls.
+    # sites (getpid, getuid) stay on the trap path for every one of their 200 calls.
     trapped, rewritten = rewritten_count(res.stderr, "getppid")
-    assert trapped <= 2 and rewritten >= 1999, res.describe()
+    assert trapped <= 2 and rewritten >= 199, res.describe()
     for name in ("getpid", "getuid"):
         trapped, rewritten = rewritten_count(res.stderr, name)
-        assert trapped >= 2000, (name, res.describe())
+        assert trapped >= 200, (name, res.describe())
 
 
 def test_glibc_read_with_its_two_byte_xor_is_rewritten(guest_env: dict[str, str]) -> None:

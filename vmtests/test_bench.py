@@ -14,7 +14,7 @@ def test_bench_runs_in_guest_and_is_kept(vm: Any, vm_target: tuple[str, str],
     # VM-sized.  Without sync wake-up (6.1) a notified call waits for the guest's timer tick
     # under TCG: 2-8 ms on aarch64, so a full seccomp row would take minutes; --max-seconds
     # bounds every row and the cells it cut say how many calls they timed.
-    res = vm.run("kbox bench --json --iterations 2000 --rounds 2 --max-seconds 2", timeout=600)
+    res = vm.run("kbox bench --json --iterations 2000 --rounds 2 --max-seconds 1", timeout=600)
     assert res.exit_status == 0, describe("kbox bench failed", res)
     data = json.loads(res.stdout)
     # The contract of `kbox bench --json` (issue 2): {"rows": [{name, mode, us_per_call,
