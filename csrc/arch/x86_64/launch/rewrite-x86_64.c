@@ -193,8 +193,9 @@ out:
     return rc;
 }
 
-/* Start and end (next function's start) of the function containing `site`. */
-static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
+/* Start and end (next function's start) of the function containing `site`, and where its
+ * FDE says it ends (0 if that is not known). */
+static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end, uint64_t *fde_end)
 {
     char path[512];
     path[0] = 0;
@@ -218,8 +219,13 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
     if (first_vaddr == ~0ULL)
         return -1;
     uint64_t bias = base - (first_vaddr & ~4095ULL);
-    if (!hdr_vaddr)
-        return eh_frame_scan(path, bias, site, start, end);
+    if (!hdr_vaddr) {
+        *fde_end = 0;
+        if (eh_frame_scan(path, bias, site, start, end) < 0)
+            return -1;
+        *fde_end = *end; /* the scan reports the FDE's own end */
+        return 0;
+    }
     uint64_t hdr = bias + hdr_vaddr;
     uint8_t h[4];
     if (kbox_mem_read_self(hdr, h, 4) != 4 || h[0] != 1)
@@ -246,15 +252,26 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end)
     }
     if (best < 0)
         return -1;
-    int32_t loc;
-    kbox_mem_read_self(p + (uint64_t)best * 8, &loc, 4);
-    *start = hdr + (uint64_t)(int64_t)loc;
+    int32_t ent[2]; /* initial location, FDE address: both relative to the header */
+    if (kbox_mem_read_self(p + (uint64_t)best * 8, ent, 8) != 8)
+        return -1;
+    *start = hdr + (uint64_t)(int64_t)ent[0];
     *end = site + 2;
     if (best + 1 < count) {
         int32_t next;
         if (kbox_mem_read_self(p + (uint64_t)(best + 1) * 8, &next, 4) == 4)
             *end = hdr + (uint64_t)(int64_t)next;
     }
+    /* The function proper ends where its FDE says; what lies between that (rounded up to the
+     * 16-byte alignment of the next function) and the next FDE could be code without unwind
+     * information, so it is not treated as part of this function.  The FDE is read with the
+     * encoding glibc and gcc use (pc_begin pcrel sdata4, checked against the table). */
+    *fde_end = 0;
+    uint64_t fde = hdr + (uint64_t)(int64_t)ent[1];
+    int32_t f[4]; /* length, CIE pointer, pc_begin, pc_range */
+    if (kbox_mem_read_self(fde, f, sizeof(f)) == sizeof(f) && f[1] != 0 &&
+        fde + 8 + (uint64_t)(int64_t)f[2] == *start && f[3] > 0)
+        *fde_end = *start + (uint64_t)(uint32_t)f[3];
     return site < *end && site - *start < (1u << 20) ? 0 : -1;
 }
 
@@ -419,8 +436,8 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     uint8_t insn[2];
     if (kbox_mem_read_self(site, insn, 2) != 2 || insn[0] != 0x0f || insn[1] != 0x05)
         return -1;
-    uint64_t start, end;
-    if (function_bounds(site, &start, &end) < 0)
+    uint64_t start, end, fde_end;
+    if (function_bounds(site, &start, &end, &fde_end) < 0)
         return -1;
     /* Walk true instruction boundaries from the function start up to the site (and, for a
      * short site, through the whole function: find_slot needs every branch in it). */
@@ -446,8 +463,13 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     }
     int len = (int)(site - prev);
     plan->slot = 0;
-    if (have && pc == site && prev && len >= 2 && len < 5)
-        plan->slot = find_slot(code, start, start + span, prev);
+    /* Short sites search the function proper plus the alignment padding after it, when the
+     * next function is known to start no earlier (from .eh_frame_hdr's table). */
+    uint64_t fn_end = (fde_end + 15) & ~15ULL;
+    if (fn_end > end)
+        fn_end = fde_end;
+    if (have && pc == site && prev && len >= 2 && len < 5 && fde_end > site && fn_end <= start + span)
+        plan->slot = find_slot(code, start, fn_end, prev);
     kbox_munmap(code, span);
     if (pc != site || !prev)
         return -1;
