@@ -13,7 +13,7 @@ def test_bench_runs_in_guest_and_is_kept(vm: Any, vm_target: tuple[str, str],
                                          artifacts_dir: Path) -> None:
     # VM-sized.  Without sync wake-up (6.1) a notified call waits for the guest's timer tick
     # under TCG: 2-8 ms on aarch64, so a full seccomp row would take minutes; --max-seconds
-    # bounds every row and the cells it cut say how many calls they timed.
+    # bounds every row (mid-pass too) and the cells it cut say how many calls they timed.
     res = vm.run("kbox bench --json --iterations 2000 --rounds 2 --max-seconds 1", timeout=600)
     assert res.exit_status == 0, describe("kbox bench failed", res)
     data = json.loads(res.stdout)
@@ -23,7 +23,7 @@ def test_bench_runs_in_guest_and_is_kept(vm: Any, vm_target: tuple[str, str],
     assert rows, describe("kbox bench --json printed no rows", res)
     for row in rows:
         assert {"name", "mode", "us_per_call", "ratio", "calls"} <= set(row), row
-        assert row["us_per_call"] > 0 and 10 <= row["calls"] <= 2000, row
+        assert row["us_per_call"] > 0 and 1 <= row["calls"] <= 2000, row
     assert any(r["mode"] == "native" for r in rows), "no native baseline in the bench table"
     out = artifacts_dir / "bench" / f"bench-{vm_target[0]}-{vm_target[1]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

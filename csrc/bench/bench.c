@@ -13,15 +13,18 @@
  *
  * --max-seconds S bounds the time one row may take: the warm-up pass doubles its length
  * until it has run long enough to estimate the cost of a call, and the timed passes then
- * use fewer calls if `repeats` passes of `iterations` would exceed S.  A call can cost
- * milliseconds (a notified call under emulation waits for a timer tick), and a benchmark
- * that takes minutes for one cell is not run.  The calls actually timed are reported.
+ * use fewer calls if `repeats` passes of `iterations` would exceed S; a pass that still
+ * runs past S stops there (the clock is read between chunks of calls).  A call can cost
+ * milliseconds (a notified call under emulation waiting for its supervisor's vCPU), and a
+ * benchmark that takes minutes for one cell is not run.  The calls actually timed are
+ * reported.
  *
  *   kbox-bench [--iterations N] [--repeats R] [--max-seconds S] [--rows a,b,...] [--json]
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -125,36 +128,54 @@ static double now_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-/* Warm up, then time `repeats` passes; returns the calls per timed pass, *best = ns/call. */
+/* Warm up, then time `repeats` passes; returns the calls in the best timed pass, *best =
+ * its ns/call.  With a bound, passes are sized from the warm-up's estimate and also run in
+ * chunks with the clock read between them, because the cost of a call can change by 100x
+ * within a run (a notified call that finds its supervisor awake, or has to wake it): a pass
+ * stops at the bound and counts the calls it made.  One pass always runs to at least one
+ * chunk, so every row reports a figure. */
 static long measure(void (*fn)(long), long iterations, long repeats, double max_seconds,
                     double *best)
 {
+    double budget = max_seconds > 0 ? max_seconds * 1e9 : 0, row_start = now_ns();
     long warm = iterations / 10 + 1, done = 0;
-    double t0 = now_ns(), spent = 0;
+    double spent = 0;
     for (long n = 1; done < warm; n *= 2) {
         if (n > warm - done)
             n = warm - done;
         fn(n);
         done += n;
-        spent = now_ns() - t0;
-        if (max_seconds > 0 && spent > max_seconds * 1e9 / 10)
+        spent = now_ns() - row_start;
+        if (budget > 0 && spent > budget / 10)
             break;
     }
     long per_pass = iterations;
-    if (max_seconds > 0) {
-        double fit = max_seconds * 1e9 / (double)repeats / (spent / (double)done);
+    if (budget > 0) {
+        double fit = budget / (double)repeats / (spent / (double)done);
         if (fit < (double)per_pass)
             per_pass = fit < 10 ? 10 : (long)fit;
     }
+    long chunk = budget > 0 ? (per_pass + 15) / 16 : per_pass, best_calls = 0;
     *best = -1;
     for (long k = 0; k < repeats; k++) {
         double t = now_ns();
-        fn(per_pass);
-        double ns = (now_ns() - t) / (double)per_pass;
-        if (*best < 0 || ns < *best)
+        long calls = 0;
+        bool over = false;
+        while (calls < per_pass && !over) {
+            long n = per_pass - calls < chunk ? per_pass - calls : chunk;
+            fn(n);
+            calls += n;
+            over = budget > 0 && now_ns() - row_start > budget;
+        }
+        double ns = (now_ns() - t) / (double)calls;
+        if (*best < 0 || ns < *best) {
             *best = ns;
+            best_calls = calls;
+        }
+        if (over)
+            break;
     }
-    return per_pass;
+    return best_calls;
 }
 
 static int selected(const char *list, const char *name)
