@@ -299,7 +299,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section("kbox VM matrix (passed/total; s = skipped, F = failed)")
     header = f"{'arch':8} {'kernel':6} " + " ".join(
         f"{('other' if t == '-' else t):>12}" for t in tiers_seen)
-    tr.write_line(header)
+    lines = [header]
     for arch, kernel in rows:
         out = []
         for t in tiers_seen:
@@ -314,15 +314,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if c["skipped"]:
                 txt += f" {c['skipped']}s"
             out.append(f"{txt:>12}")
-        tr.write_line(f"{arch:8} {kernel:6} " + " ".join(out))
+        lines.append(f"{arch:8} {kernel:6} " + " ".join(out))
+    for line in lines:
+        tr.write_line(line)
+    # The same table for scripts/nightly's report.
     matrix = ARTIFACTS / "matrix.txt"
     try:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        with open(matrix, "w") as fh:
-            fh.write(header + "\n")
-            for arch, kernel in rows:
-                fh.write(f"{arch} {kernel} " + " ".join(
-                    f"{t}={dict(cells.get(f'{arch}|{kernel}|{t}', {}))}" for t in tiers_seen)
-                    + "\n")
+        matrix.write_text("\n".join(lines) + "\n")
     except OSError:
         pass
