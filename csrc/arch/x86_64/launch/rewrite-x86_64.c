@@ -439,20 +439,23 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     uint64_t start, end, fde_end;
     if (function_bounds(site, &start, &end, &fde_end) < 0)
         return -1;
-    /* Walk true instruction boundaries from the function start up to the site (and, for a
-     * short site, through the whole function: find_slot needs every branch in it). */
-    if (end - start > (1u << 20))
+    /* A short site needs the whole function (find_slot checks every branch in it): the
+     * function proper plus the alignment padding after it, when the next function is known
+     * to start no earlier (.eh_frame_hdr's table; a bare .eh_frame scan only knows the FDE). */
+    uint64_t fn_end = (fde_end + 15) & ~15ULL; /* 0 when the FDE's end is unknown */
+    if (fn_end > end)
+        fn_end = fde_end;
+    if (site + 2 - start > (1u << 20) || (fn_end > site && fn_end - start > (1u << 20)))
         return -1;
-    size_t span = (size_t)(end - start);
-    if (span < site + 2 - start)
-        span = (size_t)(site + 2 - start);
+    size_t head = (size_t)(site + 2 - start);
+    size_t span = fn_end > site + 2 ? (size_t)(fn_end - start) : head;
     long m = kbox_mmap(NULL, span, 0x3 /* PROT_READ|PROT_WRITE */, 0x22 /* MAP_PRIVATE|MAP_ANONYMOUS */, -1, 0);
     if (kbox_is_err(m))
         return -1;
     uint8_t *code = (uint8_t *)m;
+    /* Walk true instruction boundaries from the function start up to the site. */
     uint64_t pc = start, prev = 0;
-    bool have = kbox_mem_read_self(start, code, span) == (long)span;
-    if (have) {
+    if (kbox_mem_read_self(start, code, head) == (long)head) {
         while (pc < site) {
             int n = kbox_x86_insn_len(code + (pc - start), (size_t)(site + 2 - pc));
             if (n <= 0)
@@ -462,20 +465,15 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
         }
     }
     int len = (int)(site - prev);
+    bool ok = pc == site && prev && len >= 2 && len <= 15 &&
+              kbox_mem_read_self(prev, plan->reloc, (size_t)len) == len && relocatable(plan->reloc, len);
     plan->slot = 0;
-    /* Short sites search the function proper plus the alignment padding after it, when the
-     * next function is known to start no earlier (from .eh_frame_hdr's table). */
-    uint64_t fn_end = (fde_end + 15) & ~15ULL;
-    if (fn_end > end)
-        fn_end = fde_end;
-    if (have && pc == site && prev && len >= 2 && len < 5 && fde_end > site && fn_end <= start + span)
-        plan->slot = find_slot(code, start, fn_end, prev);
+    if (ok && len < 5) {
+        ok = span > head && kbox_mem_read_self(site + 2, code + head, span - head) == (long)(span - head) &&
+             (plan->slot = find_slot(code, start, start + span, prev)) != 0;
+    }
     kbox_munmap(code, span);
-    if (pc != site || !prev)
-        return -1;
-    if (len > 15 || (len < 5 && !plan->slot))
-        return -1;
-    if (kbox_mem_read_self(prev, plan->reloc, (size_t)len) != len || !relocatable(plan->reloc, len))
+    if (!ok)
         return -1;
     plan->site = site;
     plan->patch_at = prev;
