@@ -121,11 +121,19 @@ esrch:
     ans->value = ESRCH_;
 }
 
-/* Writes a virtual id over an id the kernel stored in guest memory (CLONE_PARENT_SETTID,
- * CLONE_CHILD_SETTID): glibc keeps a thread's tid there and later passes it to tgkill. */
-static void rewrite_tid_in_memory(const struct kbox_req *req, uint64_t addr, int32_t virt)
+/* Writes a virtual id over the real one the kernel stored in guest memory
+ * (CLONE_PARENT_SETTID, CLONE_CHILD_SETTID): glibc keeps a thread's tid there and later
+ * passes it to tgkill.  Only while the word still holds the real id: a thread that has
+ * already exited had it cleared to 0 by CLONE_CHILD_CLEARTID, and pthread_join waits for
+ * that 0 — writing the id back would make it wait forever. */
+static void rewrite_tid_in_memory(const struct kbox_req *req, uint64_t addr, int32_t real,
+                                  int32_t virt)
 {
-    if (addr && req->mem && req->mem->write)
+    if (!addr || !req->mem)
+        return;
+    if (req->mem->swap32 && req->mem->swap32(req->mem, addr, (uint32_t)real, (uint32_t)virt) >= 0)
+        return;
+    if (req->mem->write)
         req->mem->write(req->mem, addr, &virt, sizeof(virt));
 }
 
@@ -173,14 +181,16 @@ static int64_t vpid_exit(const struct kbox_policy *p, const struct kbox_req *req
         if (ret > 0) {
             int v = kbox_vpid_assign(s, (int)ret);
             if (flags & CLONE_PARENT_SETTID)
-                rewrite_tid_in_memory(req, ptid, v);
+                rewrite_tid_in_memory(req, ptid, (int32_t)ret, v);
             /* A CLONE_VM child shares our memory: its CHILD_SETTID word is ours to fix. */
             if ((flags & CLONE_CHILD_SETTID) && (flags & CLONE_VM))
-                rewrite_tid_in_memory(req, ctid, v);
+                rewrite_tid_in_memory(req, ctid, (int32_t)ret, v);
             return v;
         }
-        if (ret == 0 && (flags & CLONE_CHILD_SETTID))
-            rewrite_tid_in_memory(req, ctid, kbox_vpid_assign(s, (int)KSYS0(__NR_gettid)));
+        if (ret == 0 && (flags & CLONE_CHILD_SETTID)) {
+            int real = (int)KSYS0(__NR_gettid);
+            rewrite_tid_in_memory(req, ctid, real, kbox_vpid_assign(s, real));
+        }
         return ret;
     }
     case __NR_getppid:

@@ -30,6 +30,7 @@ void kbox_mem_init_self(struct kbox_mem *m)
 {
     m->read = self_read;
     m->write = self_write;
+    m->swap32 = NULL; /* the trap runtime adds its own (it can check the mapping first) */
     m->pid = 0; /* looked up on first use: most calls never touch memory */
     m->notify_fd = -1;
     m->notify_id = 0;
@@ -56,6 +57,7 @@ void kbox_mem_init_notif(struct kbox_mem *m, int pid, int notify_fd, uint64_t id
 {
     m->read = notif_read;
     m->write = notif_write;
+    m->swap32 = NULL;
     m->pid = pid;
     m->notify_fd = notify_fd;
     m->notify_id = id;

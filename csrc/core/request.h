@@ -34,6 +34,10 @@ struct kbox_mem {
     /* Both return the number of bytes copied (may be short at an unmapped page) or -errno. */
     long (*read)(const struct kbox_mem *m, uint64_t addr, void *buf, size_t len);
     long (*write)(const struct kbox_mem *m, uint64_t addr, const void *buf, size_t len);
+    /* Replaces the aligned 32-bit word at addr with `desired` only if it still holds
+     * `expect`, atomically: 1 if replaced, 0 if not, -errno.  NULL where the memory is
+     * another process's (the seccomp tier), which cannot be updated atomically. */
+    long (*swap32)(const struct kbox_mem *m, uint64_t addr, uint32_t expect, uint32_t desired);
     int pid;            /* target process (the caller's tgid for in-process tiers) */
     int notify_fd;      /* seccomp tier: listener fd, for ID_VALID */
     uint64_t notify_id; /* seccomp tier: notification id */

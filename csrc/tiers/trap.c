@@ -29,6 +29,7 @@
 #include "tiers/launch.h"
 #include "tiers/vfork.h"
 #include "tiers/rewrite.h"
+#include "tiers/maps.h"
 #include "core/bpf.h"
 #include "core/mem.h"
 #include "core/policy.h"
@@ -937,6 +938,19 @@ static void load_or_exit(struct kbox_launch *L, struct kbox_loaded *img)
     }
 }
 
+/* kbox_mem.swap32 for our own memory: a compare-and-swap in place, after /proc/self/maps
+ * has shown the word to be in writable memory (a guest's bad pointer must not fault here).
+ * Only clone with --virtual-pid uses it. */
+static long self_swap32(const struct kbox_mem *m, uint64_t addr, uint32_t expect, uint32_t desired)
+{
+    (void)m;
+    struct kbox_map map;
+    if ((addr & 3) || kbox_maps_find(addr, &map) < 0 || !(map.prot & PROT_WRITE))
+        return -EFAULT_;
+    return __atomic_compare_exchange_n((uint32_t *)(uintptr_t)addr, &expect, desired, false,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) ? 1 : 0;
+}
+
 /* Loads the program into this process, arms the runtime and enters the guest. */
 static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
 {
@@ -948,6 +962,7 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
     if (L->rewrite)
         kbox_rewrite_enable(L->policy);
     kbox_mem_init_self(&rt.self_mem);
+    rt.self_mem.swap32 = self_swap32;
     rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
     rt.reserved_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
     rt.reserved_fd[1] = L->shared_fd;

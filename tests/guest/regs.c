@@ -62,10 +62,10 @@ __asm__(
     "mov probe_in+48(%rip), %r8\n mov probe_in+56(%rip), %r9\n mov probe_in+64(%rip), %r10\n"
     "mov probe_in+72(%rip), %r11\n mov probe_in+80(%rip), %r12\n mov probe_in+88(%rip), %r13\n"
     "mov probe_in+96(%rip), %r14\n mov probe_in+104(%rip), %r15\n"
-    /* mov $__NR_getpid, %eax: the wrapper shape, at PROBE_SITE_OFFSET bytes past a 16-byte
-     * boundary (default 0: one atomic store patches it; tests/test_rewrite.py also builds
-     * 13, where the 5 bytes straddle the boundary and the two-step patch is needed). */
-    ".p2align 4\n"
+    /* mov $__NR_getpid, %eax: the wrapper shape, at PROBE_SITE_OFFSET bytes past a 64-byte
+     * cache-line boundary (default 0: one aligned store patches it; tests/test_rewrite.py
+     * also builds offsets where the 5 bytes cross a 16-byte boundary or the line). */
+    ".p2align 6\n"
     PROBE_SKIP
     ".byte 0xb8; .long 39\n"
     "syscall\n"

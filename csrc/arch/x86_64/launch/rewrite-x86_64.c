@@ -9,9 +9,10 @@
  *  - a jump straight to the syscall (skipping the instruction) still traps;
  *  - instruction boundaries come from decoding forward from the function's start (from the
  *    object's .eh_frame_hdr), never from guessing backwards;
- *  - the patch is one naturally aligned 8- or 16-byte atomic store, so no thread ever
- *    fetches a torn instruction; a site whose 5 bytes cross a 16-byte boundary is patched
- *    in two steps through a trapping placeholder (kbox_arch_rw_patch).
+ *  - the patch is one atomic store (an aligned 8- or 16-byte window, or a locked unaligned
+ *    one inside a cache line), so no thread ever fetches a torn instruction; a site whose 5
+ *    bytes cross a 64-byte line is patched in two steps through a trapping placeholder
+ *    (kbox_arch_rw_patch).
  * Short sites — an instruction of 2-4 bytes before the syscall, like glibc read's
  * `xor %eax,%eax` — get `jmp rel8` instead, to a 5-byte `jmp rel32` written into alignment
  * padding of the same function within 127 bytes (find_slot says which padding is provably
@@ -546,13 +547,19 @@ static bool touches_rcx_r11(const uint8_t *c, int len)
     return rm == 1 || rm == 11;
 }
 
-/* An atomic window holding [at, at+n): naturally aligned 8 bytes, else 16 (cmpxchg16b). */
+/* An atomic window holding [at, at+n): naturally aligned 8 bytes (a plain store), else
+ * aligned 16 (lock cmpxchg16b), else 8 unaligned bytes inside one 64-byte cache line (lock
+ * cmpxchg: a locked access is atomic at any alignment, and one that stays inside a line
+ * needs no bus lock).  AMD guarantees plain stores atomic only inside an aligned quadword,
+ * so unaligned windows always take the locked path (kbox_arch_rw_store). */
 static int window(uint64_t at, uint32_t n, struct kbox_rw_step *st)
 {
     if ((at & 7) + n <= 8)
         st->win = at & ~7ULL, st->len = 8;
     else if ((at & 15) + n <= 16)
         st->win = at & ~15ULL, st->len = 16;
+    else if ((at & 63) + n <= 64)
+        st->win = (at & 63) + 8 <= 64 ? at : (at & ~63ULL) + 56, st->len = 8;
     else
         return -1;
     return kbox_mem_read_self(st->win, st->bytes, st->len) == (long)st->len ? 0 : -1;
@@ -587,7 +594,7 @@ int kbox_arch_rw_patch(const struct kbox_rw_plan *plan, uint64_t tramp,
         memcpy(steps[0].bytes + (m - steps[0].win), jmp, 5);
         return 1;
     }
-    /* The 5 bytes cross a 16-byte boundary.  Two steps, each atomic:
+    /* The 5 bytes cross a 64-byte cache line.  Two steps, each atomic:
      *  1. the first 2 bytes become `syscall`: a thread reaching the instruction now traps,
      *     and the handler restarts it at m once the patch is complete (kbox_rewrite_interim);
      *  2. bytes 2..4 get the tail of rel32 (nobody can execute them now) — the 16-byte
@@ -622,11 +629,28 @@ void kbox_arch_rw_store(uint64_t win, const uint8_t *bytes, uint32_t len)
             ((volatile uint8_t *)(uintptr_t)win)[i] = bytes[i];
         return;
     }
-    if (len == 8) {
+    if (len == 8 && !(win & 7)) {
         uint64_t v;
         memcpy(&v, bytes, 8);
         __atomic_store_n((uint64_t *)(uintptr_t)win, v, __ATOMIC_SEQ_CST);
         return;
+    }
+    if (len == 8) {
+        /* Unaligned inside a cache line: lock cmpxchg until it takes. */
+        uint64_t v;
+        memcpy(&v, bytes, 8);
+        volatile uint64_t *q = (volatile uint64_t *)(uintptr_t)win;
+        for (;;) {
+            uint64_t old;
+            memcpy(&old, (const void *)(uintptr_t)win, 8);
+            uint8_t ok;
+            __asm__ volatile("lock cmpxchg %3, %1; sete %0"
+                             : "=q"(ok), "+m"(*q), "+a"(old)
+                             : "r"(v)
+                             : "memory", "cc");
+            if (ok)
+                return;
+        }
     }
     /* 16 bytes: lock cmpxchg16b until it takes (the expected value is re-read each time). */
     uint64_t nlo, nhi;
