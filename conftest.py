@@ -107,7 +107,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    for k in metafunc.config.kbox_kernels]  # type: ignore[attr-defined]
         metafunc.parametrize("vm_target", targets, ids=[f"{a}-{k}" for a, k in targets],
                              scope="session")
-    if "tier" in metafunc.fixturenames:
+    # Every tier, unless the test names its own (e.g. only the in-process ones).
+    explicit = any("tier" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+    if "tier" in metafunc.fixturenames and not explicit:
         metafunc.parametrize("tier", TIERS)
 
 
