@@ -194,10 +194,30 @@ out:
     return rc;
 }
 
-/* Start and end (next function's start) of the function containing `site`, and where its
- * FDE says it ends (0 if that is not known). */
-static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end, uint64_t *fde_end)
+/* Where the function containing a site starts and ends, from the object's unwind tables. */
+struct fn_bounds {
+    uint64_t start;
+    uint64_t end;           /* the next function's start (or just past the site) */
+    uint64_t fde_end;       /* where its FDE says it ends; 0 if not known */
+    uint64_t prev_start;    /* the function before it (.eh_frame_hdr only); 0 if not known */
+    uint64_t prev_fde_end;
+};
+
+/* End of the function starting at `start` whose FDE is at `fde`, read with the encoding glibc
+ * and gcc use (pc_begin pcrel sdata4, checked against `start`); 0 if it does not match. */
+static uint64_t fde_end_of(uint64_t fde, uint64_t start)
 {
+    int32_t f[4]; /* length, CIE pointer, pc_begin, pc_range */
+    if (kbox_mem_read_self(fde, f, sizeof(f)) == sizeof(f) && f[1] != 0 &&
+        fde + 8 + (uint64_t)(int64_t)f[2] == start && f[3] > 0)
+        return start + (uint64_t)(uint32_t)f[3];
+    return 0;
+}
+
+static int function_bounds(uint64_t site, struct fn_bounds *b)
+{
+    uint64_t *start = &b->start, *end = &b->end, *fde_end = &b->fde_end;
+    b->prev_start = b->prev_fde_end = 0;
     char path[512];
     path[0] = 0;
     uint64_t base = object_base(site, path, sizeof(path));
@@ -265,14 +285,13 @@ static int function_bounds(uint64_t site, uint64_t *start, uint64_t *end, uint64
     }
     /* The function proper ends where its FDE says; what lies between that (rounded up to the
      * 16-byte alignment of the next function) and the next FDE could be code without unwind
-     * information, so it is not treated as part of this function.  The FDE is read with the
-     * encoding glibc and gcc use (pc_begin pcrel sdata4, checked against the table). */
-    *fde_end = 0;
-    uint64_t fde = hdr + (uint64_t)(int64_t)ent[1];
-    int32_t f[4]; /* length, CIE pointer, pc_begin, pc_range */
-    if (kbox_mem_read_self(fde, f, sizeof(f)) == sizeof(f) && f[1] != 0 &&
-        fde + 8 + (uint64_t)(int64_t)f[2] == *start && f[3] > 0)
-        *fde_end = *start + (uint64_t)(uint32_t)f[3];
+     * information, so it is not treated as part of this function. */
+    *fde_end = fde_end_of(hdr + (uint64_t)(int64_t)ent[1], *start);
+    int32_t pent[2];
+    if (best > 0 && kbox_mem_read_self(p + (uint64_t)(best - 1) * 8, pent, 8) == 8) {
+        b->prev_start = hdr + (uint64_t)(int64_t)pent[0];
+        b->prev_fde_end = fde_end_of(hdr + (uint64_t)(int64_t)pent[1], b->prev_start);
+    }
     return site < *end && site - *start < (1u << 20) ? 0 : -1;
 }
 
@@ -432,14 +451,34 @@ static uint64_t find_slot(const uint8_t *code, uint64_t start, uint64_t end, uin
     return best;
 }
 
+/* A slot in the trailing padding of the function before the site's, if that padding runs
+ * right up to the site's function (so nothing without unwind information sits between). */
+static uint64_t slot_in_previous(const struct fn_bounds *b, uint64_t patch_at)
+{
+    uint64_t lo = b->prev_start, hi = b->start;
+    if (!b->prev_fde_end || ((b->prev_fde_end + 15) & ~15ULL) != hi || lo >= hi ||
+        hi - lo > (1u << 20) || patch_at - hi > 128)
+        return 0;
+    size_t n = (size_t)(hi - lo);
+    long m = kbox_mmap(NULL, n, 0x3, 0x22, -1, 0);
+    if (kbox_is_err(m))
+        return 0;
+    uint64_t slot = 0;
+    if (kbox_mem_read_self(lo, (void *)m, n) == (long)n)
+        slot = find_slot((const uint8_t *)m, lo, hi, patch_at);
+    kbox_munmap((void *)m, n);
+    return slot;
+}
+
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
 {
     uint8_t insn[2];
     if (kbox_mem_read_self(site, insn, 2) != 2 || insn[0] != 0x0f || insn[1] != 0x05)
         return -1;
-    uint64_t start, end, fde_end;
-    if (function_bounds(site, &start, &end, &fde_end) < 0)
+    struct fn_bounds b;
+    if (function_bounds(site, &b) < 0)
         return -1;
+    uint64_t start = b.start, end = b.end, fde_end = b.fde_end;
     /* A short site needs the whole function (find_slot checks every branch in it): the
      * function proper plus the alignment padding after it, when the next function is known
      * to start no earlier (.eh_frame_hdr's table; a bare .eh_frame scan only knows the FDE). */
@@ -470,8 +509,12 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
               kbox_mem_read_self(prev, plan->reloc, (size_t)len) == len && relocatable(plan->reloc, len);
     plan->slot = 0;
     if (ok && len < 5) {
-        ok = span > head && kbox_mem_read_self(site + 2, code + head, span - head) == (long)(span - head) &&
-             (plan->slot = find_slot(code, start, start + span, prev)) != 0;
+        if (span > head && kbox_mem_read_self(site + 2, code + head, span - head) == (long)(span - head))
+            plan->slot = find_slot(code, start, start + span, prev);
+        /* Else the padding at the end of the function before, when it runs up to ours. */
+        if (!plan->slot)
+            plan->slot = slot_in_previous(&b, prev);
+        ok = plan->slot != 0;
     }
     kbox_munmap(code, span);
     if (!ok)
