@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,16 +19,21 @@ def rewritten_count(stats: str, name: str) -> tuple[int, int]:
     raise AssertionError(f"{name} missing from the stats table:\n{stats}")
 
 
+def assert_abi_preserved(res: Any) -> None:
+    """tests/guest/regs.c's verdicts: every one of them must be yes."""
+    for line in ("general registers preserved: yes",
+                 "result-side registers as the kernel leaves them: yes",
+                 "red zone untouched: yes", "vector registers preserved: yes"):
+        assert line in res.stdout.splitlines(), res.describe()
+
+
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_a_million_rewritten_syscalls_preserve_every_register_and_the_red_zone(
         kind: str, guest_dir: Path, guest_env: dict[str, str]) -> None:
     prog = str(guest_dir / f"regs-{kind}")
     res = run_mode("rewrite", [prog, "1000000"], env=guest_env, stats=True)
     assert res.returncode == 0, res.describe()
-    for line in ("general registers preserved: yes",
-                 "result-side registers as the kernel leaves them: yes",
-                 "red zone untouched: yes", "vector registers preserved: yes"):
-        assert line in res.stdout.splitlines(), res.describe()
+    assert_abi_preserved(res)
     trapped, rewritten = rewritten_count(res.stderr, "getpid")
     # The first call traps and rewrites the site; every later one takes the trampoline.
     assert trapped == 1 and rewritten == 999_999, res.describe()
@@ -37,10 +43,7 @@ def test_the_fast_path_preserves_registers_too(guest_dir: Path, guest_env: dict[
     # Without --stats no policy applies to getpid: the trampoline runs it directly.
     res = run_mode("rewrite", [str(guest_dir / "regs-dynamic"), "1000000"], env=guest_env)
     assert res.returncode == 0, res.describe()
-    for line in ("general registers preserved: yes",
-                 "result-side registers as the kernel leaves them: yes",
-                 "red zone untouched: yes", "vector registers preserved: yes"):
-        assert line in res.stdout.splitlines(), res.describe()
+    assert_abi_preserved(res)
 
 
 def test_common_libc_calls_are_served_by_the_rewritten_path(guest_dir: Path,
@@ -111,10 +114,7 @@ def test_sites_at_awkward_offsets_are_patched_atomically_or_left_alone(
     assert site and (site[0] & 63) == offset, "the probe's mov is not where the test wants it"
     res = run_mode("rewrite", [str(prog), "100000"], env=guest_env, stats=True)
     assert res.returncode == 0, res.describe()
-    for line in ("general registers preserved: yes",
-                 "result-side registers as the kernel leaves them: yes",
-                 "red zone untouched: yes", "vector registers preserved: yes"):
-        assert line in res.stdout.splitlines(), res.describe()
+    assert_abi_preserved(res)
     trapped, done = rewritten_count(res.stderr, "getpid")
     if rewritten:
         assert trapped == 1 and done == 99_999, res.describe()
