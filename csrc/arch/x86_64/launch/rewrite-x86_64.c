@@ -431,20 +431,21 @@ static uint64_t find_slot(const uint8_t *code, uint64_t start, uint64_t end, uin
         }
         pc = next;
     }
-    /* (3): no direct branch may land inside a candidate (its end, the label, is fine). */
-    for (int k = 0; k < ncand && !best; k++) {
-        bool hit = false;
-        for (pc = start; pc < end && !hit;) {
-            const uint8_t *c = code + (pc - start);
-            int n = kbox_x86_insn_len(c, (size_t)(end - pc));
-            uint64_t target;
-            insn_flow(c, n, pc, &target);
-            hit = target >= cand[k] && target < cand[k] + 5;
-            pc += (uint64_t)n;
-        }
-        if (!hit)
-            best = cand[k];
+    /* (3): no direct branch may land inside a candidate (its end, the label, is fine).  One
+     * more pass over the function (the first one decoded it all, so lengths are valid). */
+    bool hit[16] = { false };
+    for (pc = start; ncand && pc < end;) {
+        const uint8_t *c = code + (pc - start);
+        int n = kbox_x86_insn_len(c, (size_t)(end - pc));
+        uint64_t target;
+        insn_flow(c, n, pc, &target);
+        for (int k = 0; k < ncand; k++)
+            hit[k] |= target >= cand[k] && target < cand[k] + 5;
+        pc += (uint64_t)n;
     }
+    for (int k = 0; k < ncand && !best; k++)
+        if (!hit[k])
+            best = cand[k];
     if (!best || nslots == SLOTS_MAX)
         return 0;
     slot_used[nslots++] = best;
