@@ -13,11 +13,87 @@
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+/* A watchdog for programs whose failure mode is a hang (a signal or a cancellation that
+ * never arrives): a thread with every signal blocked sleeps until the current phase's
+ * deadline and, if the phase is still running then, prints "FAIL watchdog: PHASE ..." and
+ * ends the process with status 1.  It needs no signal delivery, only clock_nanosleep and
+ * write.  guest_watchdog(name, seconds) starts it on first use and names the next phase;
+ * guest_watchdog(NULL, 0) disarms it. */
+struct guest_watchdog_state {
+    pthread_mutex_t lock;
+    int started;
+    const char *phase;
+    struct timespec deadline;
+    int seconds;
+};
+
+static inline struct guest_watchdog_state *guest_watchdog_state(void)
+{
+    static struct guest_watchdog_state st = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    return &st;
+}
+
+static inline void *guest_watchdog_thread(void *arg)
+{
+    struct guest_watchdog_state *st = arg;
+    for (;;) {
+        pthread_mutex_lock(&st->lock);
+        struct timespec until = st->deadline;
+        const char *phase = st->phase;
+        int seconds = st->seconds;
+        pthread_mutex_unlock(&st->lock);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (phase && (now.tv_sec > until.tv_sec ||
+                      (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))) {
+            char msg[256];
+            int n = snprintf(msg, sizeof msg, "FAIL watchdog: %s did not finish within %d s\n",
+                             phase, seconds);
+            if (write(1, msg, (size_t)n) < 0) {
+            }
+            _exit(1);
+        }
+        if (!phase) {          /* disarmed: look again in a second */
+            until = now;
+            until.tv_sec += 1;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+    }
+    return NULL;
+}
+
+static inline void guest_watchdog(const char *phase, int seconds)
+{
+    struct guest_watchdog_state *st = guest_watchdog_state();
+    pthread_mutex_lock(&st->lock);
+    st->phase = phase;
+    st->seconds = seconds;
+    clock_gettime(CLOCK_MONOTONIC, &st->deadline);
+    st->deadline.tv_sec += seconds;
+    int start = !st->started;
+    st->started = 1;
+    pthread_mutex_unlock(&st->lock);
+    if (start) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);   /* inherited by the new thread */
+        pthread_t t;
+        int rc = pthread_create(&t, NULL, guest_watchdog_thread, st);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        errno = rc;
+        CHECK(rc == 0);
+        pthread_detach(t);
+    }
+}
+
 #endif
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* errno names, as glibc's strerrorname_np() spells them (that one is glibc-only and the
@@ -116,6 +192,79 @@ static inline char *guest_tmpdir(const char *tag)
     snprintf(path, sizeof path, "%s/kbox-guest-%s-XXXXXX", base, tag);
     CHECK(mkdtemp(path) != NULL);
     return path;
+}
+
+/* A watchdog for programs whose failure mode is a hang (a signal or a cancellation that
+ * never arrives): a thread with every signal blocked sleeps until the current phase's
+ * deadline and, if the phase is still running then, prints "FAIL watchdog: PHASE ..." and
+ * ends the process with status 1.  It needs no signal delivery, only clock_nanosleep and
+ * write.  guest_watchdog(name, seconds) starts it on first use and names the next phase;
+ * guest_watchdog(NULL, 0) disarms it. */
+struct guest_watchdog_state {
+    pthread_mutex_t lock;
+    int started;
+    const char *phase;
+    struct timespec deadline;
+    int seconds;
+};
+
+static inline struct guest_watchdog_state *guest_watchdog_state(void)
+{
+    static struct guest_watchdog_state st = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    return &st;
+}
+
+static inline void *guest_watchdog_thread(void *arg)
+{
+    struct guest_watchdog_state *st = arg;
+    for (;;) {
+        pthread_mutex_lock(&st->lock);
+        struct timespec until = st->deadline;
+        const char *phase = st->phase;
+        int seconds = st->seconds;
+        pthread_mutex_unlock(&st->lock);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (phase && (now.tv_sec > until.tv_sec ||
+                      (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))) {
+            char msg[256];
+            int n = snprintf(msg, sizeof msg, "FAIL watchdog: %s did not finish within %d s\n",
+                             phase, seconds);
+            if (write(1, msg, (size_t)n) < 0) {
+            }
+            _exit(1);
+        }
+        if (!phase) {          /* disarmed: look again in a second */
+            until = now;
+            until.tv_sec += 1;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+    }
+    return NULL;
+}
+
+static inline void guest_watchdog(const char *phase, int seconds)
+{
+    struct guest_watchdog_state *st = guest_watchdog_state();
+    pthread_mutex_lock(&st->lock);
+    st->phase = phase;
+    st->seconds = seconds;
+    clock_gettime(CLOCK_MONOTONIC, &st->deadline);
+    st->deadline.tv_sec += seconds;
+    int start = !st->started;
+    st->started = 1;
+    pthread_mutex_unlock(&st->lock);
+    if (start) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);   /* inherited by the new thread */
+        pthread_t t;
+        int rc = pthread_create(&t, NULL, guest_watchdog_thread, st);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        errno = rc;
+        CHECK(rc == 0);
+        pthread_detach(t);
+    }
 }
 
 #endif
