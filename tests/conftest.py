@@ -29,6 +29,11 @@ MODES: list[str] = [m for m in os.environ.get("KBOX_TEST_MODES", "seccomp,trap,r
 RUN_TIMEOUT = 180.0
 
 
+# How tests/guest/Makefile builds every NAME.c: NAME-static, NAME-dynamic (glibc) and
+# NAME-musl (static, musl libc).
+GUEST_KINDS: list[str] = ["static", "dynamic", "musl"]
+
+
 def guest_names() -> list[str]:
     return sorted(p.stem for p in GUEST_SRC.glob("*.c"))
 
@@ -92,8 +97,8 @@ def assert_same(native: Result, other: Result, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def guest_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/guest built for the host (NAME-static, NAME-dynamic); built once even under
-    xdist (a lock in the session's shared temp root), readable by any uid."""
+    """tests/guest built for the host (NAME-static, NAME-dynamic, NAME-musl); built once even
+    under xdist (a lock in the session's shared temp root), readable by any uid."""
     root = tmp_path_factory.getbasetemp().parent
     out = root / "kbox-guest-bin"
     with FileLock(str(root / "kbox-guest-bin.lock"), timeout=600):

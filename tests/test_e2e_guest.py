@@ -1,5 +1,5 @@
-"""Every guest program (tests/guest, static and dynamic) runs natively and under every kbox
-mode; stdout and exit status must be identical.  Plus the policies whose effect a guest
+"""Every guest program (tests/guest: glibc static and dynamic, musl static) runs natively and
+under every kbox mode; stdout and exit status must be identical.  Plus the policies whose effect a guest
 program can observe: --virtual-pid and death by signal."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODES, Result, assert_same, guest_names, run, run_mode
+from conftest import GUEST_KINDS, MODES, Result, assert_same, guest_names, run, run_mode
 
 # The exit status each program has natively (all others exit 0).
 EXPECTED_STATUS = {"exitsignal": 128 + signal.SIGTERM}
@@ -37,7 +37,7 @@ def normalized(res: Result) -> Result:
     return Result(res.argv, code, res.stdout, res.stderr)
 
 
-@pytest.mark.parametrize("kind", ["static", "dynamic"])
+@pytest.mark.parametrize("kind", GUEST_KINDS)
 @pytest.mark.parametrize("name", guest_names())
 @pytest.mark.parametrize("mode", MODES)
 def test_guest_program_behaves_like_native(mode: str, name: str, kind: str, guest_dir: Path,

@@ -28,9 +28,10 @@ REAL_PROGRAMS: dict[str, list[str]] = {
 
 
 def guest_program_names() -> list[str]:
-    """NAME-static and NAME-dynamic for every tests/guest/NAME.c (what the image ships)."""
+    """NAME-static, NAME-dynamic (glibc) and NAME-musl (static, musl) for every
+    tests/guest/NAME.c (what the image ships)."""
     names = sorted(p.stem for p in GUEST_SOURCES.glob("*.c"))
-    return [f"{n}-{kind}" for n in names for kind in ("static", "dynamic")]
+    return [f"{n}-{kind}" for n in names for kind in ("static", "dynamic", "musl")]
 
 
 def under_tier(tier: str, argv: list[str], launcher: str | None = None) -> str:
