@@ -2,8 +2,9 @@
  *
  * Every syscall site starts on the trap path.  When a site traps, the handler serves the
  * call and then rewrites the site (kbox_rewrite_site) so that its next execution branches
- * to a per-site trampoline, which calls kbox_rewrite_entry directly: no signal, no kernel
- * round trip beyond the syscall itself.  Code that appears later (dlopen, JIT) is covered
+ * to a per-site trampoline, which serves it without a signal: passthrough calls from the
+ * trampoline's own assembly path, the rest from kbox_rewrite_slow on the thread's kbox
+ * stack (tiers/signals.h); no kernel round trip beyond the syscall itself.  Code that appears later (dlopen, JIT) is covered
  * the same way, because it traps the first time too.  A site that cannot be rewritten
  * safely (arch/<arch>/launch/rewrite-<arch>.c says when) simply stays on the trap path.
  *
@@ -17,6 +18,7 @@
  * signal blocked.
  */
 #include "tiers/rewrite.h"
+#include "tiers/signals.h"
 #include "tiers/trap.h"
 #include "tiers/vfork.h"
 #include "core/mem.h"
@@ -24,6 +26,7 @@
 #include "tiers/maps.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include <linux/errno.h>
 #include <linux/mman.h>
 #include <linux/signal.h>
 
@@ -62,29 +65,43 @@ void kbox_rewrite_enable(const struct kbox_policy *p)
     rw.enabled = true;
 }
 
-void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site)
+void kbox_rewrite_slow(struct kbox_rw_frame *f, uint64_t site)
 {
     int nr = kbox_arch_rw_nr(f);
+    int64_t ret;
     if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr]) {
-        int64_t r = kbox_syscall6(nr, (long)kbox_arch_rw_arg(f, 0), (long)kbox_arch_rw_arg(f, 1),
-                                  (long)kbox_arch_rw_arg(f, 2), (long)kbox_arch_rw_arg(f, 3),
-                                  (long)kbox_arch_rw_arg(f, 4), (long)kbox_arch_rw_arg(f, 5));
-        kbox_arch_rw_set_result(f, site + KBOX_SYSCALL_INSN_LEN, r);
+        ret = kbox_syscall6(nr, (long)kbox_arch_rw_arg(f, 0), (long)kbox_arch_rw_arg(f, 1),
+                            (long)kbox_arch_rw_arg(f, 2), (long)kbox_arch_rw_arg(f, 3),
+                            (long)kbox_arch_rw_arg(f, 4), (long)kbox_arch_rw_arg(f, 5));
+    } else if (kbox_trap_needs_frame(nr)) {
+        kbox_arch_rw_set_trap(f);
         return;
+    } else {
+        struct kbox_req req;
+        req.nr = nr;
+        for (int i = 0; i < 6; i++)
+            req.args[i] = kbox_arch_rw_arg(f, i);
+        req.ip = site + KBOX_SYSCALL_INSN_LEN;
+        req.tier = KBOX_TIER_REWRITE;
+        req.path = KBOX_PATH_REWRITTEN;
+        req.pid = req.tid = 0;
+        ret = kbox_trap_serve_direct(&req);
     }
-    if (kbox_trap_needs_frame(nr)) {
+    struct kbox_thread *t = kbox_thread_self();
+    if (t && t->deferred) {
+        /* A signal arrived while we served, and is held blocked for the program: resume
+         * through the trap path, whose frame brings the program's mask back (and with it
+         * the signal, at the syscall site, as the kernel would deliver it). */
+        t->resume_nr = (uint64_t)nr;
+        t->resume_site = site;
+        t->resume_ret = (uint64_t)ret;
+        t->resume_arg0 = kbox_arch_rw_arg(f, 0);
+        t->resume_restart = t->restart && ret == -EINTR;
+        t->restart = 0;
+        kbox_arch_rw_set_nr(f, KBOX_NR_RW_RESUME);
         kbox_arch_rw_set_trap(f);
         return;
     }
-    struct kbox_req req;
-    req.nr = nr;
-    for (int i = 0; i < 6; i++)
-        req.args[i] = kbox_arch_rw_arg(f, i);
-    req.ip = site + KBOX_SYSCALL_INSN_LEN;
-    req.tier = KBOX_TIER_REWRITE;
-    req.path = KBOX_PATH_REWRITTEN;
-    req.pid = req.tid = 0;
-    int64_t ret = kbox_trap_serve_direct(&req);
     kbox_arch_rw_set_result(f, site + KBOX_SYSCALL_INSN_LEN, ret);
 }
 

@@ -20,8 +20,16 @@ struct kbox_rw_plan {
     uint64_t slot;          /* x86_64 short sites: the padding that holds the long jump */
 };
 
-/* Entered from a trampoline with the guest's saved registers. */
-void kbox_rewrite_entry(struct kbox_rw_frame *f, uint64_t site);
+/* The slow path of a trampoline (anything the passthrough table does not let through),
+ * entered through kbox_rw_slow (arch/<arch>/launch/sigstack.S) on the thread's kbox stack
+ * with the guest's saved registers. */
+void kbox_rewrite_slow(struct kbox_rw_frame *f, uint64_t site);
+void kbox_rw_slow(struct kbox_rw_frame *f, uint64_t site);
+
+/* A syscall number no kernel defines: a trampoline raises it (from outside the gate) to
+ * hand a served call's result back through the trap path, whose frame restores the
+ * program's signal mask, when a signal was deferred during the slow path. */
+#define KBOX_NR_RW_RESUME 0x3ff1
 
 /* Called by the trap handler after serving a trapped call from `site`: rewrites the site
  * if it can, so its next execution takes the trampoline. */
@@ -60,5 +68,6 @@ int kbox_arch_rw_nr(const struct kbox_rw_frame *f);
 uint64_t kbox_arch_rw_arg(const struct kbox_rw_frame *f, int i);
 void kbox_arch_rw_set_result(struct kbox_rw_frame *f, uint64_t site_resume, int64_t ret);
 void kbox_arch_rw_set_trap(struct kbox_rw_frame *f);
+void kbox_arch_rw_set_nr(struct kbox_rw_frame *f, int nr);
 
 #endif

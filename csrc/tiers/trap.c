@@ -26,6 +26,7 @@
  *   of the guest.
  */
 #include "tiers/trap.h"
+#include "tiers/signals.h"
 #include "tiers/launch.h"
 #include "tiers/vfork.h"
 #include "tiers/rewrite.h"
@@ -59,9 +60,6 @@
 #define EINVAL_ 22
 #define ENAMETOOLONG_ 36
 #define EACCES_CODE 13
-#ifndef SS_AUTODISARM
-#define SS_AUTODISARM (1U << 31)
-#endif
 #define ELIBBAD_CODE 80
 
 #ifndef SA_RESTORER
@@ -77,14 +75,7 @@
 #define PR_SYS_DISPATCH_ON 1
 #define SYSCALL_DISPATCH_FILTER_BLOCK 1
 
-#define SIGSYS_BIT (1ULL << (SIGSYS - 1))
-
-struct ksigaction {
-    uint64_t handler;
-    uint64_t flags;
-    uint64_t restorer;
-    uint64_t mask;
-};
+#define SIGSYS_BIT KBOX_SIGBIT(SIGSYS)
 
 /* Per-process runtime state.  Written before the guest starts (and by the guest's
  * rt_sigaction for SIGSYS, atomically enough for a single word per field); threads share
@@ -94,38 +85,9 @@ static struct {
     struct kbox_mem self_mem;
     const struct kbox_launch *launch;
     char guest_exe[4096];
-    struct ksigaction guest_sigsys;   /* the guest's own view of SIGSYS */
     int reserved_fd[2];
     volatile uint8_t sud_selector;
 } rt;
-
-/* ---- the guest's view of SIGSYS, per thread ------------------------------------------------ */
-
-/* The kernel must never see SIGSYS blocked (a blocked seccomp SIGSYS kills the process), so
- * what the guest believes about its own SIGSYS mask and a SIGSYS kept pending while it is
- * "blocked" live here, keyed by thread id.  Entries are never removed: a recycled tid
- * starts with whatever its predecessor left, which is at worst a spurious "blocked". */
-#define VSIG_SLOTS 4096
-static struct vsig { int32_t tid; uint8_t blocked, pending; } vsig[VSIG_SLOTS];
-
-static struct vsig *vsig_of(int tid, bool create)
-{
-    for (uint32_t i = ((uint32_t)tid * 2654435761u) % VSIG_SLOTS, n = 0; n < VSIG_SLOTS;
-         i = (i + 1) % VSIG_SLOTS, n++) {
-        int32_t t = __atomic_load_n(&vsig[i].tid, __ATOMIC_ACQUIRE);
-        if (t == tid)
-            return &vsig[i];
-        if (t == 0) {
-            if (!create)
-                return NULL;
-            int32_t zero = 0;
-            if (__atomic_compare_exchange_n(&vsig[i].tid, &zero, tid, false, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE) || zero == tid)
-                return &vsig[i];
-        }
-    }
-    return NULL;
-}
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -133,6 +95,8 @@ static bool is_reserved_fd(long fd)
 {
     return fd >= 0 && (fd == rt.reserved_fd[0] || fd == rt.reserved_fd[1]);
 }
+
+const struct kbox_mem *kbox_trap_mem(void) { return &rt.self_mem; }
 
 static int64_t run(long nr, const uint64_t *a)
 {
@@ -151,33 +115,6 @@ static uint64_t strip_sigsys(uint64_t addr, uint64_t *tmp)
         return addr;
     *tmp &= ~SIGSYS_BIT;
     return (uint64_t)(uintptr_t)tmp;
-}
-
-/* ---- SIGSYS that is not ours ------------------------------------------------------------ */
-
-static void deliver_guest_sigsys(int sig, siginfo_t *si, kbox_ucontext_t *uc)
-{
-    struct vsig *v = vsig_of((int)kbox_gettid(), false);
-    if (v && v->blocked) {
-        v->pending = 1; /* delivered when the guest unblocks it */
-        return;
-    }
-    struct ksigaction g = rt.guest_sigsys;
-    if (g.handler == (uint64_t)(uintptr_t)SIG_IGN)
-        return;
-    if (g.handler == (uint64_t)(uintptr_t)SIG_DFL) {
-        /* Default action: die of SIGSYS, as the program would have. */
-        struct ksigaction dfl = { (uint64_t)(uintptr_t)SIG_DFL, 0, 0, 0 };
-        KSYS4(__NR_rt_sigaction, SIGSYS, &dfl, NULL, 8);
-        KSYS3(__NR_tgkill, kbox_getpid(), kbox_gettid(), SIGSYS);
-        return;
-    }
-    if (g.flags & SA_RESETHAND)
-        rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
-    if (g.flags & SA_SIGINFO)
-        ((void (*)(int, siginfo_t *, void *))(uintptr_t)g.handler)(sig, si, uc);
-    else
-        ((void (*)(int))(uintptr_t)g.handler)(sig);
 }
 
 static int arm_sud(void);
@@ -300,6 +237,7 @@ static int64_t run_clone(const struct kbox_req *req, const uint64_t *args, const
 #endif
 
     uint64_t child_frame = 0;
+    struct kbox_thread *child = NULL;
     if (flags & CLONE_VM) {
         if (!newsp) {
             if (!(flags & CLONE_VFORK))
@@ -313,10 +251,19 @@ static int64_t run_clone(const struct kbox_req *req, const uint64_t *args, const
                 a[0] = flags;
             }
         } else {
-            child_frame = kbox_arch_child_frame(si, uc, newsp, (flags & CLONE_VFORK) != 0);
+            /* The child shares our memory: it gets its own kbox stack, and enters the guest
+             * from a copy of this frame built there (never on the program's new stack). */
+            child = kbox_thread_new(kbox_thread_self(), flags);
+            if (!child)
+                return -ENOMEM_;
+            child_frame = kbox_arch_child_frame(si, uc, newsp, child);
         }
     }
-    return kbox_clone_gate(nr, (long)a[0], (long)a[1], (long)a[2], (long)a[3], (long)a[4], child_frame);
+    int64_t r = kbox_clone_gate(nr, (long)a[0], (long)a[1], (long)a[2], (long)a[3], (long)a[4], child_frame);
+    /* A vfork child is done with its stack once we run again (it has exec'd or exited). */
+    if (child && (r < 0 || (flags & CLONE_VFORK)))
+        kbox_thread_free(child);
+    return r;
 }
 
 /* ---- execve ----------------------------------------------------------------------------- */
@@ -478,9 +425,8 @@ static int64_t emulate_sigprocmask(const uint64_t *a, kbox_ucontext_t *uc)
     int how = (int)a[0];
     if (a[3] != 8)
         return -EINVAL_;
-    int tid = (int)kbox_gettid();
-    struct vsig *v = vsig_of(tid, true);
-    uint64_t old = *cur | (v && v->blocked ? SIGSYS_BIT : 0);
+    struct kbox_thread *t = kbox_thread_self();
+    uint64_t old = *cur | (t && t->sigsys_blocked ? SIGSYS_BIT : 0);
     if (a[1]) {
         if (rt.self_mem.read(&rt.self_mem, a[1], &set, 8) != 8)
             return -EFAULT_;
@@ -495,53 +441,8 @@ static int64_t emulate_sigprocmask(const uint64_t *a, kbox_ucontext_t *uc)
     /* SIGKILL and SIGSTOP cannot be blocked. */
     nw &= ~((1ULL << (SIGKILL - 1)) | (1ULL << (SIGSTOP - 1)));
     *cur = nw & ~SIGSYS_BIT;
-    if (v) {
-        v->blocked = (nw & SIGSYS_BIT) != 0;
-        if (!v->blocked && v->pending) {
-            /* Deliver the SIGSYS that waited: it arrives as soon as this handler returns. */
-            v->pending = 0;
-            KSYS3(__NR_tgkill, kbox_getpid(), tid, SIGSYS);
-        }
-    }
-    return 0;
-}
-
-/* sigaltstack inside the handler would likewise be undone by rt_sigreturn (it restores
- * uc_stack): change the frame's copy, with the kernel's checks. */
-static int64_t emulate_sigaltstack(const uint64_t *a, kbox_ucontext_t *uc)
-{
-    stack_t cur = uc->uc_stack, nw;
-    uint64_t sp = kbox_uc_sp(uc);
-    bool on = !(cur.ss_flags & SS_DISABLE) && sp > (uint64_t)(uintptr_t)cur.ss_sp &&
-              sp <= (uint64_t)(uintptr_t)cur.ss_sp + cur.ss_size;
-    stack_t old = cur;
-    if (on)
-        old.ss_flags = SS_ONSTACK;
-    else if (cur.ss_flags & SS_DISABLE)
-        old.ss_flags = SS_DISABLE, old.ss_sp = NULL, old.ss_size = 0;
-    if (a[0]) {
-        if (rt.self_mem.read(&rt.self_mem, a[0], &nw, sizeof(nw)) != sizeof(nw))
-            return -EFAULT_;
-    }
-    if (a[1] && rt.self_mem.write(&rt.self_mem, a[1], &old, sizeof(old)) != sizeof(old))
-        return -EFAULT_;
-    if (!a[0])
-        return 0;
-    if (on)
-        return -EPERM_;
-    int mode = nw.ss_flags & ~SS_AUTODISARM;
-    if (mode != 0 && mode != SS_DISABLE && mode != SS_ONSTACK)
-        return -EINVAL_;
-    if (mode == SS_DISABLE) {
-        nw.ss_sp = NULL;
-        nw.ss_size = 0;
-        nw.ss_flags = SS_DISABLE;
-    } else if (nw.ss_size < KBOX_MINSIGSTKSZ) {
-        return -ENOMEM_;
-    } else {
-        nw.ss_flags &= SS_AUTODISARM;
-    }
-    uc->uc_stack = nw;
+    if (t)
+        t->sigsys_blocked = (nw & SIGSYS_BIT) != 0; /* a pending one: kbox_sig_leave_runtime */
     return 0;
 }
 
@@ -552,43 +453,19 @@ static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, k
     uint64_t *a = ans->args;
     switch (req->nr) {
     case __NR_rt_sigaction:
-        if ((int)a[0] == SIGSYS) {
-            struct ksigaction old = rt.guest_sigsys, nw;
-            if (a[1]) {
-                if (rt.self_mem.read(&rt.self_mem, a[1], &nw, sizeof(nw)) != sizeof(nw)) {
-                    *ret = -EFAULT_;
-                    return true;
-                }
-            }
-            if (a[2] && rt.self_mem.write(&rt.self_mem, a[2], &old, sizeof(old)) != sizeof(old)) {
-                *ret = -EFAULT_;
-                return true;
-            }
-            if (a[1])
-                rt.guest_sigsys = nw;
-            *ret = 0;
-            return true;
-        }
-        if (a[1]) {
-            struct ksigaction *act = (struct ksigaction *)(uintptr_t)&ans->scratch[0];
-            if (rt.self_mem.read(&rt.self_mem, a[1], act, sizeof(*act)) == sizeof(*act) &&
-                (act->mask & SIGSYS_BIT)) {
-                act->mask &= ~SIGSYS_BIT;
-                a[1] = (uint64_t)(uintptr_t)act;
-            }
-        }
-        return false;
+        *ret = kbox_sig_action((int)a[0], a[1], a[2], a[3]);
+        return true;
     case __NR_rt_sigprocmask:
         *ret = emulate_sigprocmask(a, uc);
         return true;
     case __NR_sigaltstack:
-        *ret = emulate_sigaltstack(a, uc);
+        *ret = kbox_sig_altstack(a[0], a[1], kbox_uc_sp(uc));
         return true;
     case __NR_rt_sigpending: {
         uint64_t set;
         long r = KSYS2(__NR_rt_sigpending, &set, 8);
-        struct vsig *v = vsig_of((int)kbox_gettid(), false);
-        if (r == 0 && v && v->pending)
+        struct kbox_thread *t = kbox_thread_self();
+        if (r == 0 && t && t->sigsys_pending)
             set |= SIGSYS_BIT;
         if (r == 0 && rt.self_mem.write(&rt.self_mem, a[0], &set, 8) != 8)
             r = -EFAULT_;
@@ -782,14 +659,19 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
          * this handler's own frame is gone. */
         if (p->trace)
             kbox_dispatch_trace(p, req, 0, KBOX_RET_NONE);
+        kbox_sig_before_sigreturn(kbox_uc_sp(uc));
         kbox_uc_set_pc(uc, (uint64_t)(uintptr_t)kbox_sigreturn);
         return;
     case __NR_exit:
-    case __NR_exit_group:
+    case __NR_exit_group: {
         if (p->trace)
             kbox_dispatch_trace(p, req, 0, KBOX_RET_NONE);
+        struct kbox_thread *t = kbox_thread_self();
+        if (req->nr == __NR_exit && t && t->free_on_exit)
+            kbox_exit_unmap(t->base, KBOX_KSTACK_SIZE, (int)ans.args[0]);
         run(req->nr, ans.args);
         return;
+    }
     case __NR_execve:
     case __NR_execveat:
         ret = run_execve(req, ans.args);
@@ -824,36 +706,58 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
     kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN));
 }
 
+/* The rewrite slow path's hand-back (kbox_rewrite_slow): it served the call, but a signal
+ * arrived meanwhile and waits, blocked, for the program; this trap comes from the site's
+ * trampoline with the program's registers, and its frame carries the program's mask. */
+static void rewrite_resume(kbox_ucontext_t *uc)
+{
+    struct kbox_thread *t = kbox_thread_self();
+    if (!t)
+        return;
+    kbox_uc_set_nr(uc, t->resume_nr);
+    if (t->resume_restart)
+        kbox_arch_restart_at(uc, t->resume_site, t->resume_nr, t->resume_arg0);
+    else
+        kbox_arch_syscall_return(uc, t->resume_site + KBOX_SYSCALL_INSN_LEN, t->resume_ret);
+    *kbox_uc_sigmask(uc) = t->saved_mask;
+    t->deferred = 0;
+}
+
 static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
 {
     kbox_ucontext_t *uc = ctx;
     int nr = si->si_syscall;
-    uint64_t restart;
+    uint64_t restart, site = kbox_uc_pc(uc) - KBOX_SYSCALL_INSN_LEN;
+    (void)sig;
     if (kbox_rewrite_enabled() && kbox_rewrite_interim(kbox_uc_pc(uc), &restart)) {
         /* A placeholder of a patch in progress: nothing ran; run the instruction again. */
         kbox_uc_set_pc(uc, restart);
         return;
     }
-    if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr] &&
-        (si->si_code == SYS_SECCOMP_CODE || si->si_code == SYS_USER_DISPATCH_CODE)) {
-        kbox_uc_set_ret(uc, (uint64_t)kbox_syscall6(nr, (long)kbox_uc_arg(uc, 0), (long)kbox_uc_arg(uc, 1),
+    if (si->si_code != SYS_SECCOMP_CODE && si->si_code != SYS_USER_DISPATCH_CODE) {
+        kbox_sig_guest_sigsys(si, uc);
+        return;
+    }
+    if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr]) {
+        uint64_t arg0 = kbox_uc_arg(uc, 0);
+        kbox_uc_set_ret(uc, (uint64_t)kbox_syscall6(nr, (long)arg0, (long)kbox_uc_arg(uc, 1),
                                                     (long)kbox_uc_arg(uc, 2), (long)kbox_uc_arg(uc, 3),
                                                     (long)kbox_uc_arg(uc, 4), (long)kbox_uc_arg(uc, 5)));
         if (kbox_rewrite_enabled())
-            kbox_rewrite_site(kbox_uc_pc(uc) - KBOX_SYSCALL_INSN_LEN, nr);
+            kbox_rewrite_site(site, nr);
+        kbox_sig_leave_runtime(uc, nr, arg0, site);
         return;
     }
-    if (si->si_code != SYS_SECCOMP_CODE && si->si_code != SYS_USER_DISPATCH_CODE) {
-        deliver_guest_sigsys(sig, si, uc);
-        return;
-    }
-    if (si->si_syscall == KBOX_NR_VFORK_DONE &&
-        kbox_uc_pc(uc) == (uint64_t)(uintptr_t)kbox_vfork_marker_end) {
+    if (nr == KBOX_NR_VFORK_DONE && kbox_uc_pc(uc) == (uint64_t)(uintptr_t)kbox_vfork_marker_end) {
         vfork_finish(uc);
         return;
     }
+    if (nr == KBOX_NR_RW_RESUME && kbox_rewrite_owns(kbox_uc_pc(uc))) {
+        rewrite_resume(uc);
+        return;
+    }
     struct kbox_req req;
-    req.nr = si->si_syscall;
+    req.nr = nr;
     for (int i = 0; i < 6; i++)
         req.args[i] = kbox_uc_arg(uc, i);
     req.ip = kbox_uc_pc(uc);
@@ -863,27 +767,11 @@ static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
     req.mem = &rt.self_mem;
     kbox_trap_serve(&req, si, uc);
     if (kbox_rewrite_enabled())
-        kbox_rewrite_site(req.ip - KBOX_SYSCALL_INSN_LEN, req.nr);
+        kbox_rewrite_site(site, nr);
+    kbox_sig_leave_runtime(uc, nr, req.args[0], site);
 }
 
 /* ---- installing the runtime ----------------------------------------------------------------- */
-
-static int install_handler(void)
-{
-    struct ksigaction act = {
-        .handler = (uint64_t)(uintptr_t)sigsys_handler,
-        /* SA_NODEFER: a guest SIGSYS handler we call may itself make syscalls, and a
-         * blocked SIGSYS from seccomp would kill the process. */
-        .flags = SA_SIGINFO | SA_RESTORER | SA_NODEFER,
-        .restorer = (uint64_t)(uintptr_t)kbox_sigreturn,
-        .mask = 0,
-    };
-    long r = KSYS4(__NR_rt_sigaction, SIGSYS, &act, NULL, 8);
-    if (r < 0)
-        return (int)r;
-    uint64_t unblock = SIGSYS_BIT;
-    return (int)KSYS4(__NR_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, 8);
-}
 
 /* Syscall User Dispatch is a per-task setting that clone and fork do not pass on, so it
  * is armed again in every fork-like child (threads and vfork children are served through
@@ -963,7 +851,6 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
         kbox_rewrite_enable(L->policy);
     kbox_mem_init_self(&rt.self_mem);
     rt.self_mem.swap32 = self_swap32;
-    rt.guest_sigsys.handler = (uint64_t)(uintptr_t)SIG_DFL;
     rt.reserved_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
     rt.reserved_fd[1] = L->shared_fd;
     {
@@ -971,7 +858,7 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
         kbox_buf_init(&g, rt.guest_exe, sizeof(rt.guest_exe));
         kbox_buf_puts(&g, img.exe_path ? img.exe_path : L->path);
     }
-    if (install_handler() < 0 || install_trap_source(L) < 0)
+    if (kbox_signals_init(sigsys_handler) < 0 || install_trap_source(L) < 0)
         kbox_exit_group(KBOX_EXIT_INTERNAL);
 
     if (L->policy->trace) {

@@ -1,4 +1,4 @@
-/* The in-process runtime shared by the trap tier (and, later, the rewrite tier). */
+/* The in-process runtime shared by the trap and rewrite tiers. */
 #ifndef KBOX_TIERS_TRAP_H
 #define KBOX_TIERS_TRAP_H
 
@@ -21,9 +21,16 @@ bool kbox_trap_needs_frame(int nr);
 /* Serves a call outside any signal handler (from a rewrite trampoline); returns the result. */
 int64_t kbox_trap_serve_direct(struct kbox_req *req);
 
-/* Builds a sigreturn frame for a CLONE_VM child below newsp (arch/<arch>/sigframe.c). */
-uint64_t kbox_arch_child_frame(const void *si, const kbox_ucontext_t *uc, uint64_t newsp,
-                               bool keep_altstack);
+/* The runtime's view of the process's own memory (reads that cannot fault). */
+const struct kbox_mem *kbox_trap_mem(void);
+
+/* Builds the sigreturn frame a CLONE_VM child enters the guest from: a copy of the SIGSYS
+ * frame on the child's kbox stack, resuming at the program's new stack pointer `newsp`
+ * with the kernel's alternate stack set to the child's kbox stack; returns the stack
+ * pointer for rt_sigreturn (arch/<arch>/launch/signals-<arch>.c). */
+struct kbox_thread;
+uint64_t kbox_arch_child_frame(const siginfo_t *si, const kbox_ucontext_t *uc, uint64_t newsp,
+                               const struct kbox_thread *child);
 
 /* Gate entry points (arch/<arch>/gate.S). */
 void kbox_sigreturn(void);

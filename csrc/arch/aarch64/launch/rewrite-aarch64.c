@@ -21,9 +21,12 @@ extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[
 
 #define SVC0 0xd4000001u
 
-/* aarch64 trampolines serve passthrough calls from C (kbox_rewrite_entry reads kbox_trap_fast
- * itself): without a free scratch register, an assembly path would have to spill and branch
- * back through a register it must not clobber.  Measured at 1.36x native in the VMs. */
+void kbox_rw_a64_entry(struct kbox_rw_frame *f, uint64_t site);
+
+/* aarch64 trampolines save the caller-saved registers and call kbox_rw_a64_entry
+ * (launch/sigstack.S), which serves passthrough calls in assembly on the program's stack
+ * (reading kbox_trap_fast itself) and the rest through kbox_rw_slow on the kbox stack: the
+ * trampoline cannot look the number up itself without a free scratch register. */
 void kbox_arch_rw_enable(const uint8_t *fast, int n)
 {
     (void)fast, (void)n;
@@ -61,7 +64,7 @@ void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *pla
     uint64_t o_entry = (uint64_t)(kbox_rw_tmpl_entry - kbox_rw_tmpl_start);
     uint64_t o_j1 = (uint64_t)(kbox_rw_tmpl_jmp1 - kbox_rw_tmpl_start);
     uint64_t o_j2 = (uint64_t)(kbox_rw_tmpl_jmp2 - kbox_rw_tmpl_start);
-    uint64_t entry = (uint64_t)(uintptr_t)kbox_rewrite_entry;
+    uint64_t entry = (uint64_t)(uintptr_t)kbox_rw_a64_entry;
     uint32_t b1 = branch(at + o_j1, plan->resume), b2 = branch(at + o_j2, plan->resume);
     memcpy(dst + o_site, &plan->site, 8);
     memcpy(dst + o_entry, &entry, 8);
@@ -100,3 +103,4 @@ void kbox_arch_rw_set_result(struct kbox_rw_frame *f, uint64_t resume, int64_t r
 }
 
 void kbox_arch_rw_set_trap(struct kbox_rw_frame *f) { f->decision = 1; }
+void kbox_arch_rw_set_nr(struct kbox_rw_frame *f, int nr) { f->x[8] = (uint64_t)nr; }

@@ -13,7 +13,8 @@
  * the low 16 bits once bswap has shown the high 16 to be zero.
  *
  * Otherwise: step over the red zone, save flags and every register the C dispatcher may
- * clobber, call kbox_rewrite_entry on a 16-byte aligned stack, restore, and jump back past
+ * clobber, call kbox_rw_slow (which moves to the thread's kbox stack and runs
+ * kbox_rewrite_slow there) on a 16-byte aligned stack, restore, and jump back past
  * the syscall.  If the dispatcher wants the call to take the trap path (clone, execve, ...),
  * the registers are restored and a `syscall` here — outside the gate — raises SIGSYS.
  * Frame, low to high: rbx r11 r10 r9 r8 rdi rsi rdx rcx rax flags decision [red zone]. */
@@ -58,7 +59,7 @@ kbox_rw_tmpl_gate:
 kbox_rw_tmpl_site:
 	movabs $0x1111111111111111, %rsi   /* 48 be imm64: the site */
 kbox_rw_tmpl_entry:
-	movabs $0x2222222222222222, %rax   /* 48 b8 imm64: kbox_rewrite_entry */
+	movabs $0x2222222222222222, %rax   /* 48 b8 imm64: kbox_rw_slow */
 	call *%rax
 	mov %rbx, %rsp
 	pop %rbx

@@ -547,7 +547,7 @@ void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *pla
     uint64_t o_j1 = r + (uint64_t)(kbox_rw_tmpl_jmp1 - kbox_rw_tmpl_start);
     uint64_t o_j2 = r + (uint64_t)(kbox_rw_tmpl_jmp2 - kbox_rw_tmpl_start);
     put64(dst + o_site + 2, plan->site);                                  /* 48 be imm64 */
-    put64(dst + o_entry + 2, (uint64_t)(uintptr_t)kbox_rewrite_entry);    /* 48 b8 imm64 */
+    put64(dst + o_entry + 2, (uint64_t)(uintptr_t)kbox_rw_slow);          /* 48 b8 imm64 */
     put32(dst + o_j1 + 1, (int32_t)(plan->resume - (at + o_j1 + 5)));    /* e9 rel32 */
     put32(dst + o_j2 + 1, (int32_t)(plan->resume - (at + o_j2 + 5)));    /* e9 rel32 */
     put64(dst + r + (uint64_t)(kbox_rw_tmpl_fast - kbox_rw_tmpl_start) + 2,
@@ -736,3 +736,4 @@ void kbox_arch_rw_set_result(struct kbox_rw_frame *f, uint64_t resume, int64_t r
 }
 
 void kbox_arch_rw_set_trap(struct kbox_rw_frame *f) { f->decision = 1; }
+void kbox_arch_rw_set_nr(struct kbox_rw_frame *f, int nr) { f->rax = (uint64_t)(uint32_t)nr; }
