@@ -61,7 +61,7 @@ bool kbox_rewrite_owns(uint64_t pc)
 void kbox_rewrite_enable(const struct kbox_policy *p)
 {
     (void)p; /* the fast-path table (kbox_trap_fast) is the trap runtime's */
-    kbox_arch_rw_enable(kbox_trap_fast, KBOX_NR_MAX);
+    kbox_arch_rw_enable(kbox_trap_fast, KBOX_NR_MAX, kbox_own_fd);
     rw.enabled = true;
 }
 
@@ -69,7 +69,7 @@ void kbox_rewrite_slow(struct kbox_rw_frame *f, uint64_t site)
 {
     int nr = kbox_arch_rw_nr(f);
     int64_t ret;
-    if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr]) {
+    if (kbox_trap_is_fast(nr, kbox_arch_rw_arg(f, 0))) {
         ret = kbox_syscall6(nr, (long)kbox_arch_rw_arg(f, 0), (long)kbox_arch_rw_arg(f, 1),
                             (long)kbox_arch_rw_arg(f, 2), (long)kbox_arch_rw_arg(f, 3),
                             (long)kbox_arch_rw_arg(f, 4), (long)kbox_arch_rw_arg(f, 5));

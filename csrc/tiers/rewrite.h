@@ -47,7 +47,7 @@ bool kbox_rewrite_enabled(void);
 /* ---- arch/<arch>/launch/rewrite-<arch>.c ---- */
 /* Hands the arch code the passthrough table (kbox_trap_fast: 1 = the dispatcher has
  * nothing to do for this number), for trampolines that serve such calls without C. */
-void kbox_arch_rw_enable(const uint8_t *fast, int n);
+void kbox_arch_rw_enable(const uint8_t *fast, int n, const int own_fd[2]);
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan);
 /* Size of one trampoline, and writing it at `dst` (which will execute at `at`). */
 uint64_t kbox_arch_rw_tramp_size(const struct kbox_rw_plan *plan);

@@ -85,15 +85,16 @@ static struct {
     struct kbox_mem self_mem;
     const struct kbox_launch *launch;
     char guest_exe[4096];
-    int reserved_fd[2];
     volatile uint8_t sud_selector;
 } rt;
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
+int kbox_own_fd[2] = { -1, -1 };
+
 static bool is_reserved_fd(long fd)
 {
-    return fd >= 0 && (fd == rt.reserved_fd[0] || fd == rt.reserved_fd[1]);
+    return fd >= 0 && (fd == kbox_own_fd[0] || fd == kbox_own_fd[1]);
 }
 
 const struct kbox_mem *kbox_trap_mem(void) { return &rt.self_mem; }
@@ -517,9 +518,9 @@ static bool runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, k
         for (;;) {
             unsigned cut = hi;
             for (int i = 0; i < 2; i++)
-                if (rt.reserved_fd[i] >= 0 && (unsigned)rt.reserved_fd[i] >= lo &&
-                    (unsigned)rt.reserved_fd[i] <= cut)
-                    cut = (unsigned)rt.reserved_fd[i];
+                if (kbox_own_fd[i] >= 0 && (unsigned)kbox_own_fd[i] >= lo &&
+                    (unsigned)kbox_own_fd[i] <= cut)
+                    cut = (unsigned)kbox_own_fd[i];
             if (!is_reserved_fd(cut) || cut > hi) {
                 r = KSYS3(__NR_close_range, lo, hi, a[2]);
                 break;
@@ -628,7 +629,11 @@ uint8_t kbox_trap_fast[KBOX_NR_MAX];
 static void compute_fast_paths(const struct kbox_policy *p)
 {
     for (int nr = 0; nr < KBOX_NR_MAX; nr++)
-        kbox_trap_fast[nr] = kbox_dispatch_passthrough(p, nr) && !runtime_special(nr) && !kbox_trap_needs_frame(nr);
+        kbox_trap_fast[nr] = kbox_dispatch_passthrough(p, nr) && !runtime_special(nr) &&
+                             !kbox_trap_needs_frame(nr) ? KBOX_FAST_ANY : 0;
+    /* close is special only for the runtime's own descriptors (open+close is a hot pair). */
+    if (kbox_dispatch_passthrough(p, __NR_close))
+        kbox_trap_fast[__NR_close] = KBOX_FAST_UNLESS_OWN_FD;
 }
 
 /* ---- the handler -------------------------------------------------------------------------- */
@@ -738,8 +743,8 @@ static void sigsys_handler(int sig, siginfo_t *si, void *ctx)
         kbox_sig_guest_sigsys(si, uc);
         return;
     }
-    if ((unsigned)nr < KBOX_NR_MAX && kbox_trap_fast[nr]) {
-        uint64_t arg0 = kbox_uc_arg(uc, 0);
+    uint64_t arg0 = kbox_uc_arg(uc, 0);
+    if (kbox_trap_is_fast(nr, arg0)) {
         kbox_uc_set_ret(uc, (uint64_t)kbox_syscall6(nr, (long)arg0, (long)kbox_uc_arg(uc, 1),
                                                     (long)kbox_uc_arg(uc, 2), (long)kbox_uc_arg(uc, 3),
                                                     (long)kbox_uc_arg(uc, 4), (long)kbox_uc_arg(uc, 5)));
@@ -851,8 +856,8 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
         kbox_rewrite_enable(L->policy);
     kbox_mem_init_self(&rt.self_mem);
     rt.self_mem.swap32 = self_swap32;
-    rt.reserved_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
-    rt.reserved_fd[1] = L->shared_fd;
+    kbox_own_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
+    kbox_own_fd[1] = L->shared_fd;
     {
         struct kbox_buf g;
         kbox_buf_init(&g, rt.guest_exe, sizeof(rt.guest_exe));

@@ -4,6 +4,7 @@
 
 #include "arch.h"
 #include "core/request.h"
+#include "trace/trace.h"
 
 /* Serves one intercepted syscall described by `req`, with the interrupted context `uc`
  * (whose result register receives the outcome).  `si` is the SIGSYS siginfo, whose frame
@@ -14,6 +15,19 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
  * runtime fix-up, no signal frame): both the SIGSYS handler and the rewrite trampolines
  * then skip the dispatcher after one table lookup. */
 extern uint8_t kbox_trap_fast[];
+#define KBOX_FAST_ANY 1             /* passthrough */
+#define KBOX_FAST_UNLESS_OWN_FD 2   /* passthrough unless the first argument is kbox_own_fd[] */
+/* The runtime's own descriptors (trace output, shared state; -1 if none), which the
+ * program's close/dup2/close_range must not touch. */
+extern int kbox_own_fd[2];
+
+static inline bool kbox_trap_is_fast(int nr, uint64_t arg0)
+{
+    if ((unsigned)nr >= KBOX_NR_MAX || !kbox_trap_fast[nr])
+        return false;
+    return kbox_trap_fast[nr] == KBOX_FAST_ANY ||
+           ((int)arg0 != kbox_own_fd[0] && (int)arg0 != kbox_own_fd[1]);
+}
 
 /* Calls that need the signal frame (served only on the trap path). */
 bool kbox_trap_needs_frame(int nr);

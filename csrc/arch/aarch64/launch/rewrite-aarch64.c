@@ -27,9 +27,9 @@ void kbox_rw_a64_entry(struct kbox_rw_frame *f, uint64_t site);
  * (launch/sigstack.S), which serves passthrough calls in assembly on the program's stack
  * (reading kbox_trap_fast itself) and the rest through kbox_rw_slow on the kbox stack: the
  * trampoline cannot look the number up itself without a free scratch register. */
-void kbox_arch_rw_enable(const uint8_t *fast, int n)
+void kbox_arch_rw_enable(const uint8_t *fast, int n, const int own_fd[2])
 {
-    (void)fast, (void)n;
+    (void)fast, (void)n, (void)own_fd; /* kbox_rw_a64_entry reads the runtime's own */
 }
 
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)

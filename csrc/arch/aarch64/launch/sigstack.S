@@ -18,8 +18,18 @@ kbox_rw_a64_entry:
 	adrp x9, kbox_trap_fast
 	add x9, x9, :lo12:kbox_trap_fast
 	ldrb w9, [x9, x8]
-	cbz w9, 1f
-	mov x9, x0
+	cbz w9, 1f                      /* 0: the slow path */
+	cmp w9, #1
+	b.eq 2f                         /* 1: passthrough */
+	ldr w11, [x0]                   /* 2: passthrough unless x0 is one of kbox_own_fd[] */
+	adrp x12, kbox_own_fd
+	add x12, x12, :lo12:kbox_own_fd
+	ldp w13, w14, [x12]
+	cmp w11, w13
+	b.eq 1f
+	cmp w11, w14
+	b.eq 1f
+2:	mov x9, x0
 	mov x10, x1
 	ldp x0, x1, [x9]
 	ldp x2, x3, [x9, #16]

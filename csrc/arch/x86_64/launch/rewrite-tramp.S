@@ -10,7 +10,9 @@
  * syscall clobbers them anyway), so no pushfq/popfq: the kernel sees the guest's flags and
  * returns them in r11 and rflags exactly as for the original instruction.  The number is
  * the low 32 bits of rax, as the kernel reads it; the table has 65536 entries, indexed by
- * the low 16 bits once bswap has shown the high 16 to be zero.
+ * the low 16 bits once bswap has shown the high 16 to be zero.  An entry of 2 (close) is a
+ * passthrough unless the descriptor is one of the runtime's: lea computes edi - fd without
+ * touching the flags, and jrcxz tests it.
  *
  * Otherwise: step over the red zone, save flags and every register the C dispatcher may
  * clobber, call kbox_rw_slow (which moves to the thread's kbox stack and runs
@@ -22,6 +24,7 @@
 	.globl kbox_rw_tmpl_start, kbox_rw_tmpl_site, kbox_rw_tmpl_entry
 	.globl kbox_rw_tmpl_jmp1, kbox_rw_tmpl_jmp2, kbox_rw_tmpl_end
 	.globl kbox_rw_tmpl_fast, kbox_rw_tmpl_resume, kbox_rw_tmpl_gate
+	.globl kbox_rw_tmpl_fd0, kbox_rw_tmpl_fd1
 kbox_rw_tmpl_start:
 	mov %eax, %ecx
 	bswap %ecx
@@ -32,8 +35,16 @@ kbox_rw_tmpl_start:
 kbox_rw_tmpl_fast:
 	movabs $0x3333333333333333, %r11   /* 49 bb imm64: kbox_rw_fast */
 	movzbl (%r11,%rcx), %ecx
+	jrcxz 3f                        /* 0: the slow path */
+	lea -1(%rcx), %rcx
+	jrcxz 4f                        /* 1: passthrough */
+kbox_rw_tmpl_fd0:                   /* 2: passthrough unless edi is one of kbox_own_fd[] */
+	lea 0x7fffffff(%edi), %ecx      /* 67 8d 8f disp32: edi - own_fd[0] */
 	jrcxz 3f
-	lea -128(%rsp), %rsp
+kbox_rw_tmpl_fd1:
+	lea 0x7fffffff(%edi), %ecx      /* 67 8d 8f disp32: edi - own_fd[1] */
+	jrcxz 3f
+4:	lea -128(%rsp), %rsp
 kbox_rw_tmpl_resume:
 	movabs $0x4444444444444444, %rcx   /* 48 b9 imm64: the resume address */
 	push %rcx

@@ -34,16 +34,22 @@ struct kbox_rw_frame {
 extern const uint8_t kbox_rw_tmpl_start[], kbox_rw_tmpl_site[], kbox_rw_tmpl_entry[];
 extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[];
 extern const uint8_t kbox_rw_tmpl_fast[], kbox_rw_tmpl_resume[], kbox_rw_tmpl_gate[];
+extern const uint8_t kbox_rw_tmpl_fd0[], kbox_rw_tmpl_fd1[];
 extern const uint8_t kbox_rw_gate[];
 
 /* The trampolines' passthrough table, indexed by the low 16 bits of a syscall number whose
  * high 16 bits are zero (the template checks that without touching the flags). */
 static uint8_t kbox_rw_fast[65536];
 
-void kbox_arch_rw_enable(const uint8_t *fast, int n)
+/* The runtime's descriptors, compared in the trampoline for KBOX_FAST_UNLESS_OWN_FD calls
+ * (read at emit time: they are fixed before the program starts). */
+static const int *rw_own_fd;
+
+void kbox_arch_rw_enable(const uint8_t *fast, int n, const int own_fd[2])
 {
     for (int i = 0; i < n && i < (int)sizeof(kbox_rw_fast); i++)
         kbox_rw_fast[i] = fast[i];
+    rw_own_fd = own_fd;
 }
 
 /* ---- finding the function that contains the site ---------------------------------------- */
@@ -556,6 +562,8 @@ void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *pla
           plan->resume);                                                  /* 48 b9 imm64 */
     put64(dst + r + (uint64_t)(kbox_rw_tmpl_gate - kbox_rw_tmpl_start) + 2,
           (uint64_t)(uintptr_t)kbox_rw_gate);                             /* 48 b9 imm64 */
+    put32(dst + r + (uint64_t)(kbox_rw_tmpl_fd0 - kbox_rw_tmpl_start) + 3, -rw_own_fd[0]); /* 67 8d 8f disp32 */
+    put32(dst + r + (uint64_t)(kbox_rw_tmpl_fd1 - kbox_rw_tmpl_start) + 3, -rw_own_fd[1]); /* 67 8d 8f disp32 */
 }
 
 /* True if the instruction reads or writes rcx or r11, which the two-step patch's
