@@ -44,18 +44,21 @@ static struct extra_context *find_extra(const kbox_ucontext_t *uc)
 void kbox_arch_push_frame(const siginfo_t *si, const kbox_ucontext_t *uc, uint64_t top,
                           struct kbox_frame_out *out)
 {
-    const uint8_t *frame = (const uint8_t *)si; /* the kernel's rt_sigframe begins with it */
-    size_t total = (size_t)((const uint8_t *)uc - frame) + sizeof(*uc);
+    /* The ucontext and what follows it (an extra_context's data) are copied as one block;
+     * the siginfo apart from it (the caller's may be a copy of its own). */
+    const uint8_t *ucb = (const uint8_t *)uc;
+    size_t ucsize = sizeof(*uc);
     const struct extra_context *extra = find_extra(uc);
     if (extra)
-        total = (size_t)(extra->datap + extra->size - (uint64_t)(uintptr_t)frame);
+        ucsize = (size_t)(extra->datap + extra->size - (uint64_t)(uintptr_t)ucb);
     uint64_t rec = (top - 16) & ~(uint64_t)15;
-    uint64_t dst = (rec - total) & ~(uint64_t)15;
-    memcpy((void *)(uintptr_t)dst, frame, total);
-    kbox_ucontext_t *c = (kbox_ucontext_t *)(uintptr_t)(dst + (uint64_t)((const uint8_t *)uc - frame));
+    uint64_t dst = (rec - sizeof(siginfo_t) - ucsize) & ~(uint64_t)15;
+    kbox_ucontext_t *c = (kbox_ucontext_t *)(uintptr_t)(dst + sizeof(siginfo_t));
+    memcpy((void *)(uintptr_t)dst, si, sizeof(siginfo_t));
+    memcpy(c, ucb, ucsize);
     if (extra) {
         struct extra_context *ne = find_extra(c);
-        ne->datap = dst + (extra->datap - (uint64_t)(uintptr_t)frame);
+        ne->datap = (uint64_t)(uintptr_t)c + (extra->datap - (uint64_t)(uintptr_t)ucb);
     }
     uint64_t *r = (uint64_t *)(uintptr_t)rec;
     r[0] = uc->uc_mcontext.regs[29];
