@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from kbox import native
@@ -134,12 +135,26 @@ def _run_once(mode: str, bench_path: str, iterations: int, repeats: int, rows: s
         raise RuntimeError(f"unreadable output: {proc.stdout[:200]!r}") from exc
 
 
+BENCH_PROGRAMS = {"glibc": "kbox-bench", "musl": "kbox-bench-musl"}
+
+
+def bench_program(libc: str) -> Path:
+    """kbox-bench built against `libc` (the musl build is static)."""
+    path = native.native_dir() / BENCH_PROGRAMS[libc]
+    if libc == "musl" and not path.exists() and (native.native_dir() / "kbox-launch").exists():
+        raise UserError(f"kbox bench: {path.name} was not built: it needs musl for this "
+                        "architecture (Debian's musl-dev; scripts/setup-host installs it), "
+                        "then a rebuild (`pip install -e .` or scripts/setup-host)", exit_code=1)
+    return native.native_path(BENCH_PROGRAMS[libc])
+
+
 def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: int = 3,
                   rows: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                  progress: Any = None, max_seconds: float | None = None) -> BenchResult:
+                  progress: Any = None, max_seconds: float | None = None,
+                  libc: str = "glibc") -> BenchResult:
     """Measure every mode in interleaved rounds; native is always measured (the baseline)."""
     say = progress or (lambda msg: None)
-    bench_path = str(native.native_path("kbox-bench"))
+    bench_path = str(bench_program(libc))
     ordered = ["native"] + [m for m in modes if m != "native"]
     result = BenchResult(iterations=iterations, rounds=rounds, modes=[], max_seconds=max_seconds)
 
@@ -218,6 +233,9 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
                         "getpid,syscall500)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds allowed for one benchmark run (default {DEFAULT_TIMEOUT:.0f})")
+    p.add_argument("--libc", choices=sorted(BENCH_PROGRAMS), default="glibc",
+                   help="the C library kbox-bench is built with (musl: a static build; "
+                        "default glibc)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object with a "rows" list of '
                         '{"name", "mode", "us_per_call", "ratio"}')
@@ -238,12 +256,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
-                           args.timeout, progress, args.max_seconds)
+                           args.timeout, progress, args.max_seconds, args.libc)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        print(f"kbox bench: {args.iterations} calls per pass, best of {args.repeats} passes x "
-              f"{args.rounds} rounds; ratio = mode / native in this run")
+        print(f"kbox bench ({BENCH_PROGRAMS[args.libc]}): {args.iterations} calls per pass, "
+              f"best of {args.repeats} passes x {args.rounds} rounds; ratio = mode / native "
+              "in this run")
         print(result.table())
         short = result.cut_short()
         if short:

@@ -99,31 +99,53 @@ static uint64_t uleb(const uint8_t **p, const uint8_t *end)
     return v;
 }
 
-/* Objects without .eh_frame_hdr (static executables: gcc passes --eh-frame-hdr only when
- * linking dynamically): find .eh_frame through the file's section headers and scan its
- * FDEs (DWARF CFI: CIE augmentation "zR..." gives the FDE pointer encoding). */
-static int eh_frame_scan(const char *path, uint64_t bias, uint64_t site, uint64_t *start, uint64_t *end)
+/* An object file's section headers, read from its path (static executables keep what the
+ * rewriter needs there: .eh_frame's address, the symbol table).  Returns the open file
+ * (the caller closes it), or -1. */
+struct sections {
+    Elf64_Ehdr eh;
+    Elf64_Shdr sh[128];
+    char names[4096];
+};
+
+static long read_sections(const char *path, struct sections *S)
 {
     if (!path[0])
         return -1;
     long fd = kbox_openat(-100, path, 0, 0);
     if (fd < 0)
         return -1;
-    Elf64_Ehdr eh;
-    Elf64_Shdr sh[128], *ehf = NULL;
-    char names[4096];
-    int ok = kbox_pread((int)fd, &eh, sizeof(eh), 0) == sizeof(eh) && eh.e_shnum <= 128 &&
-             eh.e_shentsize == sizeof(Elf64_Shdr) && eh.e_shstrndx < eh.e_shnum &&
-             kbox_pread((int)fd, sh, eh.e_shnum * sizeof(Elf64_Shdr), (long)eh.e_shoff) ==
-                 (long)(eh.e_shnum * sizeof(Elf64_Shdr));
-    long nn = ok ? kbox_pread((int)fd, names, sizeof(names) - 1, (long)sh[eh.e_shstrndx].sh_offset) : -1;
-    kbox_close((int)fd);
-    if (nn <= 0)
+    Elf64_Ehdr *eh = &S->eh;
+    int ok = kbox_pread((int)fd, eh, sizeof(*eh), 0) == sizeof(*eh) && eh->e_shnum <= 128 &&
+             eh->e_shentsize == sizeof(Elf64_Shdr) && eh->e_shstrndx < eh->e_shnum &&
+             kbox_pread((int)fd, S->sh, eh->e_shnum * sizeof(Elf64_Shdr), (long)eh->e_shoff) ==
+                 (long)(eh->e_shnum * sizeof(Elf64_Shdr));
+    long nn = ok ? kbox_pread((int)fd, S->names, sizeof(S->names) - 1, (long)S->sh[eh->e_shstrndx].sh_offset) : -1;
+    if (nn <= 0) {
+        kbox_close((int)fd);
         return -1;
-    names[nn] = 0;
-    for (int i = 0; i < eh.e_shnum; i++)
-        if (sh[i].sh_name < (uint32_t)nn && kbox_strcmp(names + sh[i].sh_name, ".eh_frame") == 0)
-            ehf = &sh[i];
+    }
+    S->names[nn] = 0;
+    for (int i = 0; i < eh->e_shnum; i++)
+        if (S->sh[i].sh_name >= (uint32_t)nn)
+            S->sh[i].sh_name = (uint32_t)nn; /* an empty name */
+    return fd;
+}
+
+/* Objects without .eh_frame_hdr (static executables: gcc passes --eh-frame-hdr only when
+ * linking dynamically): find .eh_frame through the file's section headers and scan its
+ * FDEs (DWARF CFI: CIE augmentation "zR..." gives the FDE pointer encoding). */
+static int eh_frame_scan(const char *path, uint64_t bias, uint64_t site, uint64_t *start, uint64_t *end)
+{
+    struct sections S;
+    Elf64_Shdr *ehf = NULL;
+    long fd = read_sections(path, &S);
+    if (fd < 0)
+        return -1;
+    kbox_close((int)fd);
+    for (int i = 0; i < S.eh.e_shnum; i++)
+        if (kbox_strcmp(S.names + S.sh[i].sh_name, ".eh_frame") == 0)
+            ehf = &S.sh[i];
     if (!ehf || !ehf->sh_addr || ehf->sh_size > (64u << 20))
         return -1;
     uint64_t sec = bias + ehf->sh_addr;
@@ -200,6 +222,51 @@ out:
     return rc;
 }
 
+/* Code without unwind information (musl's libc is built without it): the function symbol
+ * that contains the site, from the file's symbol table.  *end is where the next function
+ * symbol starts; *fn_end where a sized symbol ends (the function proper), 0 for an assembly
+ * symbol without a size (musl's __syscall_cp_asm). */
+static int symtab_scan(const char *path, uint64_t bias, uint64_t site, uint64_t *start, uint64_t *end,
+                       uint64_t *fn_end)
+{
+    struct sections S;
+    long fd = read_sections(path, &S);
+    if (fd < 0)
+        return -1;
+    const Elf64_Shdr *st = NULL;
+    for (int i = 0; i < S.eh.e_shnum; i++)
+        if (S.sh[i].sh_type == SHT_SYMTAB && S.sh[i].sh_entsize == sizeof(Elf64_Sym))
+            st = &S.sh[i];
+    uint64_t best = 0, best_size = 0, next = ~0ULL;
+    uint64_t n = st ? st->sh_size / sizeof(Elf64_Sym) : 0;
+    Elf64_Sym chunk[128];
+    for (uint64_t i = 0; i < n && i < (1u << 22); i += 128) {
+        uint64_t k = n - i < 128 ? n - i : 128;
+        if (kbox_pread((int)fd, chunk, k * sizeof(Elf64_Sym), (long)(st->sh_offset + i * sizeof(Elf64_Sym))) !=
+            (long)(k * sizeof(Elf64_Sym)))
+            break;
+        for (uint64_t j = 0; j < k; j++) {
+            const Elf64_Sym *y = &chunk[j];
+            if (ELF64_ST_TYPE(y->st_info) != STT_FUNC || y->st_shndx == SHN_UNDEF || !y->st_value)
+                continue;
+            uint64_t lo = bias + y->st_value;
+            if (lo <= site && lo >= best) {
+                best = lo;
+                best_size = y->st_size > best_size || lo > best ? y->st_size : best_size;
+            } else if (lo > site && lo < next) {
+                next = lo;
+            }
+        }
+    }
+    kbox_close((int)fd);
+    if (!best || (best_size && site >= best + best_size))
+        return -1;
+    *start = best;
+    *fn_end = best_size ? best + best_size : 0;
+    *end = next != ~0ULL ? next : *fn_end ? *fn_end : site + 2;
+    return 0;
+}
+
 /* Where the function containing a site starts and ends, from the object's unwind tables. */
 struct fn_bounds {
     uint64_t start;
@@ -248,10 +315,11 @@ static int function_bounds(uint64_t site, struct fn_bounds *b)
     uint64_t bias = base - (first_vaddr & ~4095ULL);
     if (!hdr_vaddr) {
         *fde_end = 0;
-        if (eh_frame_scan(path, bias, site, start, end) < 0)
-            return -1;
-        *fde_end = *end; /* the scan reports the FDE's own end */
-        return 0;
+        if (eh_frame_scan(path, bias, site, start, end) == 0) {
+            *fde_end = *end; /* the scan reports the FDE's own end */
+            return 0;
+        }
+        return symtab_scan(path, bias, site, start, end, fde_end);
     }
     uint64_t hdr = bias + hdr_vaddr;
     uint8_t h[4];
