@@ -250,10 +250,14 @@ static int symtab_scan(const char *path, uint64_t bias, uint64_t site, uint64_t 
             if (ELF64_ST_TYPE(y->st_info) != STT_FUNC || y->st_shndx == SHN_UNDEF || !y->st_value)
                 continue;
             uint64_t lo = bias + y->st_value;
-            if (lo <= site && lo >= best) {
-                best = lo;
-                best_size = y->st_size > best_size || lo > best ? y->st_size : best_size;
-            } else if (lo > site && lo < next) {
+            if (lo <= site) {
+                if (lo > best) {
+                    best = lo;
+                    best_size = y->st_size;
+                } else if (lo == best && y->st_size > best_size) {
+                    best_size = y->st_size; /* aliases: the sized one */
+                }
+            } else if (lo < next) {
                 next = lo;
             }
         }
