@@ -28,8 +28,10 @@ DEFAULT_MODES = ("native", "seccomp", "trap", "rewrite", "auto")
 # floor-trap / floor-notify / floor-filter: no kbox at all, just the bare mechanism a tier is
 # built on (kbox-bench --floor), so each tier's figure can be read against its floor from one
 # run; floor-filter is the seccomp safety net alone, floor-sud Syscall User Dispatch alone
-# (x86_64): the two possible floors of the rewrite tier.
-EXTRA_MODES = ("trap-sud", "floor-trap", "floor-notify", "floor-filter", "floor-sud")
+# (x86_64): the two possible floors of the rewrite tier.  rewrite-nopromote: the rewrite
+# tier without wrapper-call promotion (aarch64 musl), for the promotion's own gain.
+EXTRA_MODES = ("trap-sud", "rewrite-nopromote", "floor-trap", "floor-notify", "floor-filter",
+               "floor-sud")
 DEFAULT_ITERATIONS = 20000
 DEFAULT_ROUNDS = 3
 # One kbox-bench run; generous because a TCG guest's seccomp tier is ~500x native.
@@ -109,6 +111,9 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[st
 
     if mode == "trap-sud":
         return list(runner.launch_argv(bench_path, list(bench_args), mode="trap", trap_backend="sud"))
+    if mode == "rewrite-nopromote":
+        argv = list(runner.launch_argv(bench_path, list(bench_args), mode="rewrite"))
+        return [argv[0], "--no-promote", *argv[1:]]
     return list(runner.launch_argv(bench_path, list(bench_args), mode=mode))
 
 
@@ -213,7 +218,9 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
                     "in the same run. Modes this kernel cannot run are reported and skipped.")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma-separated modes (default: {','.join(DEFAULT_MODES)}; also "
-                        "trap-sud: the trap tier fed by Syscall User Dispatch; floor-trap, floor-notify: "
+                        "trap-sud: the trap tier fed by Syscall User Dispatch; rewrite-nopromote: "
+                        "rewrite without promoting musl's wrapper calls (aarch64); "
+                        "floor-trap, floor-notify: "
                         "the bare RET_TRAP / user-notify round trip, for syscall500; "
                         "floor-filter, floor-sud: the seccomp safety-net filter / Syscall User Dispatch "
                         "alone, every row); "

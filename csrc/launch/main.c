@@ -7,7 +7,7 @@
  *   --syscall-mode=seccomp|trap|rewrite|none   (none: load in-process, no interposition)
  *   --trap-backend=seccomp|sud
  *   --trace  --trace-json  --trace-output=FILE  --trace-fd=N  --strsize=N
- *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx
+ *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx  --no-promote
  *   --shared-fd=N --relaunch --exec-path=PATH   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
@@ -202,6 +202,8 @@ static int launcher_main(uint64_t *sp)
             policy.stats = true;
         } else if (kbox_strcmp(a, "--allow-wx") == 0) {
             allow_wx = true;
+        } else if (kbox_strcmp(a, "--no-promote") == 0) {
+            launch.no_promote = true;
         } else if (opt_value(a, "--shared-fd", &v)) {
             long fd;
             if (!kbox_parse_long(v, &fd))

@@ -18,6 +18,7 @@ struct kbox_launch {
     int n_launcher_opts;
     enum kbox_trap_backend trap_backend;
     bool rewrite;               /* the rewrite tier: trap, plus lazy site rewriting */
+    bool no_promote;            /* --no-promote: no wrapper-call promotion (rewrite tier) */
     bool relaunch;              /* we are a guest's execve, already inside the sandbox */
     int shared_fd;
     struct kbox_policy *policy;

@@ -210,11 +210,9 @@ static int prot_of(uint64_t addr)
     return kbox_maps_find(addr, &m) == 0 ? m.prot : -1;
 }
 
-static bool patch(uint64_t site)
+static bool patch_plan(const struct kbox_rw_plan *pl)
 {
-    struct kbox_rw_plan plan;
-    if (kbox_arch_rw_plan(site, &plan) < 0)
-        return false;
+    struct kbox_rw_plan plan = *pl;
     uint64_t size = kbox_arch_rw_tramp_size(&plan);
     uint64_t tramp = alloc_tramp(plan.patch_at, plan.reach, size);
     if (!tramp)
@@ -256,6 +254,33 @@ static bool patch(uint64_t site)
     kbox_mprotect((void *)(uintptr_t)pg, pg_end - pg, prot);
     __builtin___clear_cache((char *)(uintptr_t)win, (char *)(uintptr_t)win_end);
     return true;
+}
+
+static bool patch(uint64_t site)
+{
+    struct kbox_rw_plan plan;
+    return kbox_arch_rw_plan(site, &plan) == 0 && patch_plan(&plan);
+}
+
+int kbox_rewrite_promote(uint64_t lo, uint64_t hi)
+{
+    if (!rw.enabled || hi <= lo || hi - lo > (64u << 20))
+        return 0;
+    size_t len = (size_t)(hi - lo);
+    long m = kbox_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (kbox_is_err(m))
+        return 0;
+    static struct kbox_rw_plan plans[512];
+    int n = 0, done = 0;
+    if (kbox_mem_read_self(lo, (void *)m, len) == (long)len)
+        n = kbox_arch_rw_promotions((const uint8_t *)m, lo, len, plans, 512);
+    kbox_munmap((void *)m, len);
+    /* Before the program runs: no other thread, no signal handler of its own yet. */
+    lock();
+    for (int i = 0; i < n; i++)
+        done += patch_plan(&plans[i]);
+    unlock();
+    return done;
 }
 
 void kbox_rewrite_site(uint64_t site, int nr)

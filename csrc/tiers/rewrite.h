@@ -14,7 +14,9 @@ struct kbox_rw_plan {
     uint64_t site;          /* address of the syscall instruction */
     uint64_t patch_at;      /* first byte the patch overwrites */
     uint64_t resume;        /* where the guest continues after the call */
-    uint8_t reloc[16];      /* instruction bytes the trampoline re-executes first */
+    uint8_t reloc[48];      /* instruction bytes the trampoline runs first (x86_64: the
+                               relocated instruction; aarch64 promoted calls: the wrapper's
+                               register shuffle and return address) */
     uint32_t reloc_len;
     uint64_t reach;         /* the trampoline must lie within +-reach of patch_at */
     uint64_t slot;          /* x86_64 short sites: the padding that holds the long jump */
@@ -42,6 +44,9 @@ bool kbox_rewrite_owns(uint64_t pc);
 /* Enables the tier in this process. */
 struct kbox_policy;
 void kbox_rewrite_enable(const struct kbox_policy *p);
+/* Promotes the calls of a static program's syscall wrapper in [lo, hi) to trampolines
+ * (aarch64 musl; see rewrite-aarch64.c); returns how many. */
+int kbox_rewrite_promote(uint64_t lo, uint64_t hi);
 bool kbox_rewrite_enabled(void);
 
 /* ---- arch/<arch>/launch/rewrite-<arch>.c ---- */
@@ -49,6 +54,11 @@ bool kbox_rewrite_enabled(void);
  * nothing to do for this number), for trampolines that serve such calls without C. */
 void kbox_arch_rw_enable(const uint8_t *fast, int n, const int own_fd[2]);
 int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan);
+/* Wrapper calls that can branch to a trampoline themselves: the code [lo, lo+len) is a copy
+ * of what is mapped at `at`; fills up to `max` plans, returns how many (0 where the arch
+ * has none). */
+int kbox_arch_rw_promotions(const uint8_t *code, uint64_t at, uint64_t len,
+                            struct kbox_rw_plan *plans, int max);
 /* Size of one trampoline, and writing it at `dst` (which will execute at `at`). */
 uint64_t kbox_arch_rw_tramp_size(const struct kbox_rw_plan *plan);
 void kbox_arch_rw_emit(uint8_t *dst, uint64_t at, const struct kbox_rw_plan *plan);

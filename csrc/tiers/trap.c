@@ -856,6 +856,12 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
         kbox_rewrite_enable(L->policy);
     kbox_mem_init_self(&rt.self_mem);
     rt.self_mem.swap32 = self_swap32;
+    if (L->rewrite && !L->no_promote && !img.interp_len) {
+        /* A static program's libc is in its own text: its wrapper calls can be promoted. */
+        struct kbox_map text;
+        if (kbox_maps_find(img.main_entry, &text) == 0 && (text.prot & PROT_EXEC))
+            kbox_rewrite_promote(text.lo, text.hi);
+    }
     kbox_own_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
     kbox_own_fd[1] = L->shared_fd;
     {

@@ -606,6 +606,18 @@ int kbox_arch_rw_plan(uint64_t site, struct kbox_rw_plan *plan)
     return 0;
 }
 
+/* musl's cancellable calls on x86_64 are `call __syscall_cp`, which (without pthread_cancel
+ * linked) is a register shuffle, `syscall` and `ret`: that syscall is an ordinary site,
+ * rewritten lazily like any other.  Promoting the call itself would save one call/ret pair
+ * and six moves per call but needs a 5-byte call patched atomically and the 7th argument
+ * taken from the stack; not done (docs/tiers.md). */
+int kbox_arch_rw_promotions(const uint8_t *code, uint64_t at, uint64_t len,
+                            struct kbox_rw_plan *plans, int max)
+{
+    (void)code, (void)at, (void)len, (void)plans, (void)max;
+    return 0;
+}
+
 uint64_t kbox_arch_rw_tramp_size(const struct kbox_rw_plan *plan)
 {
     return plan->reloc_len + (uint64_t)(kbox_rw_tmpl_end - kbox_rw_tmpl_start);
