@@ -70,6 +70,7 @@ from kbox.elfinfo import (
     parse_elf,
 )
 from kbox.errors import UserError
+from kbox.promote import Promotion, analyze_promotion
 
 PAGE_SIZE = 4096  # the smallest page size of both architectures; straddling is judged on it
 
@@ -193,6 +194,7 @@ class Report:
     elapsed_s: float = 0.0
     kernel: KernelCaps | None = None
     decision: tuple[str, str] | None = None
+    promotion: Promotion | None = None
 
     @property
     def main(self) -> ObjectReport:
@@ -223,6 +225,7 @@ class Report:
             "rewrite_blockers": self.rewrite_blockers,
             "kernel": self.kernel.to_dict() if self.kernel else None,
             "auto": {"mode": self.decision[0], "reason": self.decision[1]} if self.decision else None,
+            "promotion": self.promotion.to_dict() if self.promotion else None,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -546,7 +549,8 @@ def _sweep(md: capstone.Cs, buf: memoryview, base: int, limit: int, step: int) -
     off, resyncs = 0, 0
     while off < limit:
         end = off
-        for ins in md.disasm_lite(buf[off:], base + off):
+        # bytes: Debian's capstone 4 binding refuses a memoryview.
+        for ins in md.disasm_lite(bytes(buf[off:]), base + off):
             if ins[0] - base >= limit:
                 break
             out.append(ins)
@@ -942,7 +946,8 @@ def analyze(path: str, *, caps: KernelCaps | None = None, display: str | None = 
         elif os.path.realpath(lib[0]) not in seen:
             seen.add(os.path.realpath(lib[0]))
             objects.append(analyze_object(lib[0], "libc", lib[1]))
-    report = Report(program=display, info=info, objects=objects, missing=missing)
+    report = Report(program=display, info=info, objects=objects, missing=missing,
+                    promotion=_promotion(info))
     if caps is not None:
         report.kernel = caps
         report.decision = decide_mode(report, caps)
@@ -953,6 +958,23 @@ def analyze(path: str, *, caps: KernelCaps | None = None, display: str | None = 
 # ---------------------------------------------------------------------------------------
 # Human output and the CLI hooks
 # ---------------------------------------------------------------------------------------
+
+def _promotion(info: ElfInfo) -> Promotion:
+    """The rewrite tier's wrapper-call promotion for the main program (kbox/promote.py)."""
+    with open(info.path, "rb") as fh:
+        data = fh.read()
+        names: dict[str, int] = {}
+        try:
+            fh.seek(0)
+            symtab = ELFFile(fh).get_section_by_name(".symtab")
+            if symtab is not None:
+                names = {s.name: s["st_value"] for s in symtab.iter_symbols()
+                         if s.name in ("__syscall_cp_c", "__syscall_cp_asm")}
+        except Exception:  # noqa: BLE001 - odd section headers: no names, still a verdict
+            names = {}
+    segments = [(s.vaddr, data[s.offset: s.offset + s.filesz]) for s in info.exec_segments]
+    return analyze_promotion(info.machine, info.linkage, segments, names)
+
 
 def format_text(report: Report, all_sites: bool = False) -> str:
     i = report.info
@@ -989,6 +1011,12 @@ def format_text(report: Report, all_sites: bool = False) -> str:
         lines.append(f"not found: {', '.join(report.missing)}")
     for b in report.rewrite_blockers:
         lines.append(f"rewrite blocker: {b}")
+    if report.promotion is not None:
+        p = report.promotion
+        head = f"{len(p.sites)} call site(s) promoted" if p.applies else "none"
+        lines.append(f"wrapper-call promotion (rewrite tier): {head} — {p.reason}")
+        if all_sites and p.sites:
+            lines.append("  promoted: " + ", ".join(hex(a) for a in p.sites))
     lines.append("")
     if report.decision:
         mode, reason = report.decision

@@ -32,3 +32,40 @@ def test_jit_code_is_rewritten_too(vm: Any) -> None:
     res = vm.run(f"kbox run --syscall-mode=rewrite --deny=getppid -- {prog}", timeout=300)
     # Denied everywhere alike: libc's getppid and the JIT page's both see EPERM.
     assert "JIT getppid matches libc: yes" in res.stdout, describe("JIT call escaped", res)
+
+
+def _trapped(stats: str) -> dict[str, int]:
+    """Per syscall, how many calls trapped (the --stats table)."""
+    out = {}
+    for line in stats.splitlines():
+        cols = line.split()
+        if len(cols) == 5 and cols[1].isdigit() and cols[0] != "total":
+            out[cols[0]] = int(cols[3])
+    return out
+
+
+def test_musl_wrapper_calls_are_promoted_on_aarch64(vm: Any, vm_pool: Any) -> None:
+    """aarch64: static musl's `bl __syscall_cp` calls go to trampolines from the start: no
+    call through musl's wrapper ever traps (without promotion the first one does, when it
+    rewrites the wrapper's svc); x86_64 says why it does not promote."""
+    from vmtests.helpers import guest_launcher
+
+    prog = f"{vm.image.guest_programs_dir}/fileio-musl"
+    res = vm.run(f"kbox analyze {prog}", timeout=300)
+    assert res.exit_status == 0, describe("kbox analyze failed", res)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("wrapper-call promotion")), "")
+    launcher, _ = guest_launcher(vm, vm_pool, "rewrite")
+    on = vm.run(f"{launcher} --syscall-mode=rewrite --stats -- {prog}", timeout=300)
+    off = vm.run(f"{launcher} --syscall-mode=rewrite --stats --no-promote -- {prog}", timeout=300)
+    assert on.exit_status == 0 and off.exit_status == 0, describe("fileio-musl failed", on)
+    assert on.stdout == off.stdout, describe("promotion changed the output", on, off)
+    t_on, t_off = _trapped(on.stderr), _trapped(off.stderr)
+    if vm.image.arch == "aarch64":
+        assert "call site(s) promoted" in line, describe("no promotion reported", res)
+        # open, close, read and write go through __syscall_cp in musl.
+        cp_calls = ("openat", "close", "read", "write")
+        assert sum(t_on.get(c, 0) for c in cp_calls) == 0, describe("a promoted call trapped", on)
+        assert sum(t_off.get(c, 0) for c in cp_calls) == 1, describe("expected one first trap", off)
+    else:
+        assert "not done on x86_64" in line, describe("x86_64 promotion verdict", res)
+        assert t_on == t_off, describe("x86_64 is not promoted", on, off)
