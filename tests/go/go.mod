@@ -1,0 +1,3 @@
+module kboxgo
+
+go 1.19
