@@ -270,6 +270,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         arch, kernel = cs.params["vm_target"]
         tier = cs.params.get("tier", "-")
         report.user_properties.append((_CELL_KEY, f"{arch}|{kernel}|{tier}"))
+    # SSH retries since the last report of this process (workers count their own).
+    from kbox.vm import ssh as sshmod
+    now = collections.Counter(sshmod.RETRIES)
+    delta = now - _RETRIES_SEEN
+    if delta:
+        report.user_properties.append((_RETRY_KEY, dict(delta)))
+        _RETRIES_SEEN.update(delta)
     if report.failed and report.when in ("call", "setup"):
         vm = getattr(item, "kbox_vm", None)
         if vm is not None:
@@ -279,8 +286,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append(("kbox VM", "\n".join(lines)))
 
 
+_RETRY_KEY = "kbox_ssh_retries"
+_RETRIES_SEEN: collections.Counter[str] = collections.Counter()
+_RETRIES_TOTAL: collections.Counter[str] = collections.Counter()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # Runs on the controller for reports from every worker (user_properties travel along).
+    _RETRIES_TOTAL.update(dict(report.user_properties).get(_RETRY_KEY, {}))
     cell = dict(report.user_properties).get(_CELL_KEY)
     if cell is None:
         if report.when == "setup" and report.skipped is False and report.failed:
@@ -330,6 +343,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         lines.append(f"{arch:8} {kernel:6} " + " ".join(out))
     for line in lines:
         tr.write_line(line)
+    retries = ", ".join(f"{k} {v}" for k, v in sorted(_RETRIES_TOTAL.items())) or "none"
+    tr.write_line(f"SSH retries that fired: {retries}")
     # The same table for scripts/nightly's report.
     matrix = ARTIFACTS / "matrix.txt"
     try:

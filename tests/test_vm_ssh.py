@@ -59,3 +59,41 @@ def test_no_retry_once_the_connection_itself_is_gone() -> None:
     with pytest.raises(paramiko.SSHException):
         ssh._start(t, "true", 1.0, pty=False)  # type: ignore[arg-type]
     assert len(t.channels) == 1
+
+
+class FlakyOpenTransport(FakeTransport):
+    """open_session fails the way paramiko reports an unanswered or refused open."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(failures=0)
+        self.errors = errors
+
+    def open_session(self, timeout: float) -> FakeChannel:
+        if self.errors:
+            raise self.errors.pop(0)
+        return super().open_session(timeout)
+
+
+def test_an_unanswered_or_refused_channel_open_is_retried() -> None:
+    before = ssh.RETRIES["channel open"]
+    t = FlakyOpenTransport([paramiko.SSHException("Unable to open channel."),
+                            paramiko.SSHException("Timeout opening channel."),
+                            paramiko.ChannelException(1, "Administratively prohibited")])
+    chan = ssh._start(t, "true", 1.0, pty=False)  # type: ignore[arg-type]
+    assert chan.commands == ["true"] and ssh.RETRIES["channel open"] == before + 3
+
+
+class FakeClient:
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
+
+    def get_transport(self) -> FakeTransport:
+        return self.transport
+
+
+def test_a_command_that_never_started_is_reported_as_refused_not_as_a_library_error() -> None:
+    t = FlakyOpenTransport([paramiko.SSHException("Unable to open channel.")] * 5)
+    with pytest.raises(ssh.SessionRefused, match="Unable to open channel"):
+        ssh.run(FakeClient(t), "true", 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ssh.SessionRefused, match="closed"):
+        ssh.run(FakeClient(FakeTransport(0, active=False)), "true", 1.0)  # type: ignore[arg-type]

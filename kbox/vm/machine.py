@@ -49,6 +49,8 @@ __all__ = ["VM", "VMError", "VMLaunchFailure", "GuestCrash", "SSHTimeout", "Gues
 
 BOOT_TIMEOUT_S = 20.0        # hardware seconds from launch to SSH-ready (x3 under TCG)
 RUN_TIMEOUT_S = 60.0         # default per-command budget
+SSH_ATTEMPTS = 3             # a command that did not start, or a copy, on fresh connections
+RECONNECT_S = 30.0           # hardware seconds to get a new connection to a running guest
 PORT_ATTEMPTS = 5            # launches tried on host-forwarding collisions
 DEFAULT_MEMORY_MB = int(os.environ.get("KBOX_VM_MEMORY", "1536"))
 DEFAULT_SMP = int(os.environ.get("KBOX_VM_SMP", "2"))
@@ -412,8 +414,17 @@ class VM:
         effective = timeout * self.timeout_factor
         self._check_alive()
         try:
-            res = sshmod.run(self._ssh(), cmd, effective, stdin=stdin, on_stdout=on_stdout,
-                             on_stderr=on_stderr, pty=pty)
+            for attempt in range(SSH_ATTEMPTS):
+                try:
+                    res = sshmod.run(self._ssh(), cmd, effective, stdin=stdin,
+                                     on_stdout=on_stdout, on_stderr=on_stderr, pty=pty)
+                    break
+                except sshmod.SessionRefused:
+                    # Nothing ran: a fresh connection may do better (stdin as bytes only:
+                    # a stream may have been read from already).
+                    if attempt == SSH_ATTEMPTS - 1 or not isinstance(stdin, (bytes, type(None))):
+                        raise
+                    self._reconnect()
         except sshmod.ChannelTimeout as exc:
             self._check_alive()
             raise GuestTimeout(cmd, effective, exc.stdout.decode(errors="replace"),
@@ -429,21 +440,48 @@ class VM:
                           f"{res.stderr[-2000:]}")
         return res
 
+    def _reconnect(self) -> None:
+        """A new SSH connection to the running guest (the old one is dropped)."""
+        assert self.ssh_port is not None
+        sshmod.RETRIES["reconnect"] += 1
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        deadline = time.monotonic() + RECONNECT_S * self.timeout_factor
+        try:
+            self._client = sshmod.connect("127.0.0.1", self.ssh_port, self.image.ssh_user,
+                                          Path(self.image.ssh_key), deadline,
+                                          alive=self._check_alive)
+        except sshmod.ChannelTimeout as exc:
+            raise SSHTimeout(f"{self.name}: reconnecting: {exc}", self.console_tail(),
+                             self.log_path) from exc
+
+    def _transfer(self, what: str, op: Callable[[paramiko.SSHClient], None]) -> None:
+        """A copy in either direction: idempotent, so retried on a fresh connection when
+        the transport fails; the last failure is a VMError naming the VM and its log."""
+        for attempt in range(SSH_ATTEMPTS):
+            try:
+                op(self._ssh())
+                return
+            except (sshmod.SSHError, paramiko.SSHException, EOFError, OSError) as exc:
+                self._check_alive()
+                if attempt == SSH_ATTEMPTS - 1:
+                    raise VMError(f"{self.name}: {what} failed: {exc}\n"
+                                  f"console log: {self.log_path}") from exc
+                self._reconnect()
+
     def put(self, local: Path | str, remote: str, timeout: float = RUN_TIMEOUT_S) -> None:
         """Copy a host file into the guest."""
-        try:
-            sshmod.put(self._ssh(), Path(local), remote, timeout * self.timeout_factor)
-        except sshmod.SSHError as exc:
-            self._check_alive()
-            raise VMError(f"{self.name}: {exc}") from exc
+        src = Path(local)
+        if not src.is_file():
+            raise VMError(f"{self.name}: cannot copy {src} into the guest: not a file")
+        self._transfer(f"copying {src} to guest:{remote}",
+                       lambda c: sshmod.put(c, src, remote, timeout * self.timeout_factor))
 
     def get(self, remote: str, local: Path | str, timeout: float = RUN_TIMEOUT_S) -> None:
         """Copy a guest file to the host."""
-        try:
-            sshmod.get(self._ssh(), remote, Path(local), timeout * self.timeout_factor)
-        except sshmod.SSHError as exc:
-            self._check_alive()
-            raise VMError(f"{self.name}: {exc}") from exc
+        self._transfer(f"copying guest:{remote} to {local}",
+                       lambda c: sshmod.get(c, remote, Path(local), timeout * self.timeout_factor))
 
     def ssh_client(self) -> paramiko.SSHClient:
         """The live paramiko client (for interactive use by the CLI)."""

@@ -7,6 +7,7 @@ timeout and raise `ChannelTimeout` when it passes; the VM object adds the consol
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shlex
@@ -29,6 +30,15 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 class SSHError(Exception):
     """Transport-level failure talking to the guest."""
+
+
+class SessionRefused(SSHError):
+    """The guest did not start the command (no session channel, or its exec request was
+    refused, after bounded retries): nothing ran, so the caller may reconnect and ask again."""
+
+
+# How often each retry path fired in this process (reported by the VM test plugin).
+RETRIES: collections.Counter[str] = collections.Counter()
 
 
 class ChannelTimeout(SSHError):
@@ -107,9 +117,12 @@ def run(client: paramiko.SSHClient, command: str, timeout: float,
     """Run `command` in the guest shell; wait at most `timeout` seconds for it to finish."""
     transport = client.get_transport()
     if transport is None or not transport.is_active():
-        raise SSHError("SSH transport is closed")
+        raise SessionRefused("SSH transport is closed")
     start = time.monotonic()
-    chan = _start(transport, command, min(timeout, 10.0), pty)
+    try:
+        chan = _start(transport, command, min(timeout, 10.0), pty)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise SessionRefused(f"cannot start a command in the guest: {exc}") from exc
     out, err = bytearray(), bytearray()
     try:
         if stdin is not None:
@@ -146,14 +159,17 @@ def run(client: paramiko.SSHClient, command: str, timeout: float,
 
 
 def _open_session(transport: paramiko.Transport, timeout: float) -> paramiko.Channel:
-    """A new session channel; dropbear refuses one now and then while it is still tearing
-    down closed ones ("Unable to open channel"), so a refusal is retried briefly."""
+    """A new session channel.  dropbear refuses one now and then while it is still tearing
+    down closed ones (ChannelException), and on a busy host the open can go unanswered
+    (paramiko: "Unable to open channel.", "Timeout opening channel."): retried briefly while
+    the connection lives."""
     for attempt in range(5):
         try:
             return transport.open_session(timeout=timeout)
-        except paramiko.ChannelException:
-            if attempt == 4:
+        except (paramiko.SSHException, EOFError):
+            if attempt == 4 or not transport.is_active():
                 raise
+            RETRIES["channel open"] += 1
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -174,6 +190,7 @@ def _start(transport: paramiko.Transport, command: str, timeout: float,
             chan.close()
             if attempt == 2 or not transport.is_active():
                 raise
+            RETRIES["exec request"] += 1
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
