@@ -56,12 +56,12 @@ def test_tree_files_skips_build_outputs_and_caches(tmp_path: Path) -> None:
 def test_kbox_sources_are_part_of_the_image_key(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    for d in ("kbox", "csrc", "tests/guest"):
+    for d in ("kbox", "csrc", "tests/guest", "tests/go"):
         (repo / d).mkdir(parents=True)
         (repo / d / "f").write_text("1")
     monkeypatch.setattr(images, "REPO", repo)
     k0 = cache.input_key(images._kbox_files(), {})
-    for d in ("kbox", "csrc", "tests/guest"):
+    for d in ("kbox", "csrc", "tests/guest", "tests/go"):
         (repo / d / "f").write_text("2")
         k1 = cache.input_key(images._kbox_files(), {})
         assert k1 != k0, d
@@ -132,6 +132,13 @@ def test_missing_cross_compiler_names_the_package(monkeypatch: pytest.MonkeyPatc
         images.check_host(ARCHES["aarch64"])
 
 
+def test_missing_go_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tests/go's programs are part of every image.
+    monkeypatch.setattr(shutil, "which", lambda n: None if n == "go" else "/x")
+    with pytest.raises(UserError, match="go missing: apt-get install golang-go"):
+        images.check_host(ARCHES["x86_64"])
+
+
 # ---- Debian metadata parsing ----------------------------------------------------------------
 
 def test_depends_fields_parse_into_alternative_groups() -> None:
@@ -163,7 +170,8 @@ def _fake_repo(root: Path) -> None:
     (root / "kbox").mkdir(parents=True)
     (root / "kbox/__init__.py").write_text("")
     (root / "kbox/cli.py").write_text("print('kbox cli')\n")
-    for d, prog in (("csrc", "kbox-launch"), ("tests/guest", "hello-static")):
+    for d, prog in (("csrc", "kbox-launch"), ("tests/guest", "hello-static"),
+                    ("tests/go", "go-hello")):
         (root / d).mkdir(parents=True)
         (root / d / "Makefile").write_text(
             f"all:\n\tmkdir -p $(O)\n\tprintf 'int main(void){{return 0;}}' > $(O)/x.c\n"
@@ -218,6 +226,7 @@ def test_kbox_layer_builds_once_and_rebuilds_when_a_source_changes(
     assert f"{kdir}/cli.py" in second and f"{kdir}/_bin/{arch}/kbox-launch" in second
     assert f"{kdir}/_bin/{arch}/x.o" not in second  # objects stay out of the image
     assert "opt/kbox/guest/hello-static" in second and "usr/bin/kbox" in second
+    assert "opt/kbox/guest/go-hello" in second
     assert "root/.ssh/authorized_keys" in second
 
     # Warm: same entry, nothing rebuilt.

@@ -6,8 +6,9 @@ Two cache layers (see cache.py):
                                 versions + recipes in images/ + this builder's code.
   images/<arch>-<kernel>-<key>  kernel + initrd (= base.cpio followed by a kbox.cpio holding
                                 the kbox package, its C core built for the target, the guest
-                                test programs and the SSH keys). Keyed by the base key + the
-                                sources under kbox/, csrc/ and tests/guest/.
+                                test programs (tests/guest, tests/go) and the SSH keys). Keyed
+                                by the base key + the sources under kbox/, csrc/, tests/guest/
+                                and tests/go/.
 Editing kbox rebuilds only the second layer (seconds); the first is downloaded once.
 The kernel unpacks concatenated cpio archives in order, so the layers need no merging; for
 an arch whose table entry sets initrd_compression (aarch64: lz4) the whole initrd is then
@@ -138,7 +139,7 @@ def _resolve_now(a: Arch, series: str, path: Path, progress: bool) -> dict:
 
 def _kbox_files() -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
-    for top in ("kbox", "csrc", "tests/guest"):
+    for top in ("kbox", "csrc", "tests/guest", "tests/go"):
         root = REPO / top
         if root.is_dir():
             files += [(str(p.relative_to(REPO)), p) for p in cache.tree_files(root)]
@@ -169,7 +170,7 @@ def check_host(a: Arch) -> None:
                         f"apt-get install {a.initrd_compression}")
     for tool, pkg in (("dropbearkey", "dropbear-bin"), ("ssh-keygen", "openssh-client"),
                       ("dpkg-deb", "dpkg"), ("apt-get", "apt"), ("zstd", "zstd"),
-                      ("make", "make")):
+                      ("make", "make"), ("go", "golang-go")):
         if shutil.which(tool) is None:
             raise UserError(f"{tool} missing: apt-get install {pkg}")
 
@@ -395,13 +396,13 @@ def _ensure_base(a: Arch, series: str, rebuild: bool, progress: bool) -> tuple[P
 
 # ---- kbox layer -----------------------------------------------------------------------------
 
-def _make(target_dir: Path, a: Arch, out: Path, what: str) -> None:
+def _make(target_dir: Path, a: Arch, out: Path, what: str, *make_vars: str) -> None:
     if not (target_dir / "Makefile").exists():
         raise UserError(f"{target_dir.relative_to(REPO)}/Makefile not found: cannot build "
                         f"{what} for {a.name}")
     out.mkdir(parents=True, exist_ok=True)
     cmd = ["make", "-C", str(target_dir), f"ARCH={a.name}", f"CROSS_COMPILE={cross_prefix(a)}",
-           f"O={out}", f"-j{os.cpu_count() or 1}"]
+           f"O={out}", f"-j{os.cpu_count() or 1}", *make_vars]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAKE_TIMEOUT,
                               check=False)
@@ -438,6 +439,13 @@ def _build_kbox_layer(a: Arch, base: Path, entry_tmp: Path, progress: bool) -> N
     _progress(progress, f"building the guest test programs for {a.name}")
     _make(REPO / "tests/guest", a, work / "guest", "the guest test programs (tests/guest)")
     _copy_outputs(work / "guest", stage / GUEST_PROGRAMS_DIR.lstrip("/"))
+    # Static Go programs (go-NAME).  One Go build cache for every image: its entries are
+    # content-addressed, so sharing it changes no output and spares recompiling the
+    # standard library (-trimpath) for each kernel series.
+    _progress(progress, f"building the Go test programs for {a.name}")
+    _make(REPO / "tests/go", a, work / "go", "the Go test programs (tests/go)",
+          f"GO_BUILD_CACHE={cache.cache_root() / 'go-build'}")
+    _copy_outputs(work / "go", stage / GUEST_PROGRAMS_DIR.lstrip("/"))
     shutil.rmtree(work)
     _compile_python(stage, [GUEST_KBOX_DIR.lstrip("/")],
                     py_compile.PycInvalidationMode.CHECKED_HASH, progress)
@@ -565,4 +573,5 @@ def clean_images(arch: str | None = None, kernel: str | None = None) -> int:
             n += 1
     if arch is None and kernel is None:
         shutil.rmtree(cache.cache_root() / "resolved", ignore_errors=True)
+        shutil.rmtree(cache.cache_root() / "go-build", ignore_errors=True)
     return n
