@@ -33,6 +33,7 @@
  */
 #include "tiers/signals.h"
 #include "tiers/trap.h"
+#include "tiers/launch.h"
 #include "core/mem.h"
 #include "lib/str.h"
 #include "lib/sys.h"
@@ -61,11 +62,35 @@ void kbox_guest_restorer(void);
 
 /* ---- per-thread records -------------------------------------------------------------- */
 
+/* The kbox stacks that exist, by base address: kbox_thread_self() must not read a record
+ * at an address derived from a stack pointer that is not on one (it may be unmapped). */
+#define KSTACKS_MAX 8192
+static uint64_t kstacks[KSTACKS_MAX];
+
+static uint64_t *kstack_slot(uint64_t base, bool insert)
+{
+    uint32_t h = (uint32_t)((base / KBOX_KSTACK_SIZE) * 2654435761u) % KSTACKS_MAX;
+    for (uint32_t n = 0; n < KSTACKS_MAX; n++, h = (h + 1) % KSTACKS_MAX) {
+        uint64_t v = __atomic_load_n(&kstacks[h], __ATOMIC_ACQUIRE);
+        if (v == base)
+            return &kstacks[h];
+        if (v == 0 || (insert && v == 1)) { /* 1: a freed slot, reusable */
+            if (!insert)
+                return NULL;
+            if (__atomic_compare_exchange_n(&kstacks[h], &v, base, false, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                return &kstacks[h];
+        }
+    }
+    return NULL;
+}
+
 struct kbox_thread *kbox_thread_self(void)
 {
     uint64_t sp = (uint64_t)(uintptr_t)__builtin_frame_address(0);
     uint64_t base = sp & ~(uint64_t)(KBOX_KSTACK_SIZE - 1);
-    if (sp < base + KBOX_KSTACK_GUARD || sp >= base + KBOX_KSTACK_SIZE - KBOX_KSTACK_RECORD)
+    if (sp < base + KBOX_KSTACK_GUARD || sp >= base + KBOX_KSTACK_SIZE - KBOX_KSTACK_RECORD ||
+        !kstack_slot(base, false))
         return NULL;
     struct kbox_thread *t = (struct kbox_thread *)(uintptr_t)(base + KBOX_KSTACK_SIZE - KBOX_KSTACK_RECORD);
     return t->magic == (KBOX_THREAD_MAGIC ^ base) ? t : NULL;
@@ -100,6 +125,10 @@ struct kbox_thread *kbox_thread_new(const struct kbox_thread *parent, uint64_t c
     if (lo + 2 * KBOX_KSTACK_SIZE > base + KBOX_KSTACK_SIZE)
         kbox_munmap((void *)(uintptr_t)(base + KBOX_KSTACK_SIZE), lo + 2 * KBOX_KSTACK_SIZE - base - KBOX_KSTACK_SIZE);
     kbox_mprotect((void *)(uintptr_t)base, KBOX_KSTACK_GUARD, PROT_NONE);
+    if (!kstack_slot(base, true)) {
+        kbox_munmap((void *)(uintptr_t)base, KBOX_KSTACK_SIZE);
+        return NULL;
+    }
     struct kbox_thread *t = (struct kbox_thread *)(uintptr_t)(base + KBOX_KSTACK_SIZE - KBOX_KSTACK_RECORD);
     memset(t, 0, sizeof(*t));
     t->magic = KBOX_THREAD_MAGIC ^ base;
@@ -117,10 +146,19 @@ struct kbox_thread *kbox_thread_new(const struct kbox_thread *parent, uint64_t c
     return t;
 }
 
+void kbox_thread_forget(struct kbox_thread *t)
+{
+    uint64_t *slot = kstack_slot(t->base, false);
+    if (slot)
+        __atomic_store_n(slot, 1, __ATOMIC_RELEASE);
+}
+
 void kbox_thread_free(struct kbox_thread *t)
 {
-    if (t)
+    if (t) {
+        kbox_thread_forget(t);
         kbox_munmap((void *)(uintptr_t)t->base, KBOX_KSTACK_SIZE);
+    }
 }
 
 int kbox_signals_init(void (*sigsys_handler)(int, siginfo_t *, void *))
@@ -240,6 +278,11 @@ static void sig_wrapper(int sig, siginfo_t *si, void *ctx)
 {
     kbox_ucontext_t *uc = ctx;
     struct kbox_thread *t = kbox_thread_self();
+    if (!t) {
+        static int told;
+        if (!told++)
+            kbox_err("internal error: a signal reached kbox's wrapper off its stack", NULL, NULL);
+    }
     if (sig < 1 || sig > NSIG_ || !gact_set[sig])
         return; /* the program reset it meanwhile (SIG_DFL/SIG_IGN are the kernel's again) */
     struct kbox_ksigaction act = gact[sig];

@@ -41,6 +41,8 @@ struct kbox_thread *kbox_thread_self(void);
  * alternate stack is kept only for CLONE_VFORK); NULL when out of memory. */
 struct kbox_thread *kbox_thread_new(const struct kbox_thread *parent, uint64_t clone_flags);
 void kbox_thread_free(struct kbox_thread *t);
+/* Drops `t` from the registry of kbox stacks (before its own thread unmaps it at exit). */
+void kbox_thread_forget(struct kbox_thread *t);
 /* The stack the kernel should hold as this thread's sigaltstack. */
 stack_t kbox_thread_kstack(const struct kbox_thread *t);
 

@@ -672,8 +672,10 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
         if (p->trace)
             kbox_dispatch_trace(p, req, 0, KBOX_RET_NONE);
         struct kbox_thread *t = kbox_thread_self();
-        if (req->nr == __NR_exit && t && t->free_on_exit)
+        if (req->nr == __NR_exit && t && t->free_on_exit) {
+            kbox_thread_forget(t);
             kbox_exit_unmap(t->base, KBOX_KSTACK_SIZE, (int)ans.args[0]);
+        }
         run(req->nr, ans.args);
         return;
     }

@@ -1,14 +1,19 @@
 /* Template of an aarch64 rewrite trampoline (copied per site, never run in place).
  *
- * The site's `svc #0` became `b <trampoline>`.  No red zone on aarch64 and the stack
- * pointer is always 16-byte aligned at EL0, so the frame goes right below sp.  x8 (the
- * syscall number) is read at run time, so sites with a computed number are served too.
- * Frame: x0..x18 at 8*i, x30 at 152, nzcv at 160, decision at 168. */
+ * The site's `svc #0` became `b <trampoline>`.  The AAPCS has no red zone, but code that runs
+ * with signals blocked may keep data below its stack pointer across a syscall, which the
+ * kernel never touches: Go's clone stores m, g and fn at -8..-32(sp) of the new stack and
+ * the child reads them back after its first syscall (gettid); Go's functions keep their
+ * caller's frame pointer at -8(sp).  So the frame goes 128 bytes below sp, as below x86_64's
+ * red zone, leaving [sp-128, sp) alone (sp stays 16-byte aligned).  x8 (the syscall number)
+ * is read at run time, so sites with a computed number are served too.
+ * Frame: x0..x18 at 8*i, x30 at 152, nzcv at 160, decision at 168; the program's sp is the
+ * frame + 304 (KBOX_A64_TRAMP_SP in signals-aarch64.c). */
 	.text
 	.globl kbox_rw_tmpl_start, kbox_rw_tmpl_site, kbox_rw_tmpl_entry
 	.globl kbox_rw_tmpl_jmp1, kbox_rw_tmpl_jmp2, kbox_rw_tmpl_end
 kbox_rw_tmpl_start:
-	sub sp, sp, #176
+	sub sp, sp, #304
 	stp x0, x1, [sp, #0]
 	stp x2, x3, [sp, #16]
 	stp x4, x5, [sp, #32]
@@ -39,7 +44,7 @@ kbox_rw_tmpl_start:
 	ldp x14, x15, [sp, #112]
 	ldp x16, x17, [sp, #128]
 	ldp x18, x30, [sp, #144]
-	add sp, sp, #176
+	add sp, sp, #304
 kbox_rw_tmpl_jmp1:
 	b .                             /* -> site + 4 */
 1:	ldp x0, x1, [sp, #0]
@@ -52,7 +57,7 @@ kbox_rw_tmpl_jmp1:
 	ldp x14, x15, [sp, #112]
 	ldp x16, x17, [sp, #128]
 	ldp x18, x30, [sp, #144]
-	add sp, sp, #176
+	add sp, sp, #304
 	svc #0                          /* outside the gate: the trap path serves it */
 kbox_rw_tmpl_jmp2:
 	b .                             /* -> site + 4 */

@@ -19,10 +19,12 @@
 #define PSR_BTYPE_MASK 0x00000c00ULL
 #define PSR_NZCV_MASK 0xf0000000ULL
 
-/* The trampoline's frame (rewrite-tramp.S): x0..x18, x30, nzcv, decision; 176 bytes. */
+/* The trampoline's frame (rewrite-tramp.S): x0..x18, x30, nzcv, decision, 176 bytes, placed
+ * 304 bytes below the program's sp (the 128 bytes below sp are left alone). */
 struct tramp_frame { uint64_t x[19], x30, nzcv, decision; };
-#define TRAMP_FRAME_SIZE 176
-_Static_assert(sizeof(struct tramp_frame) <= TRAMP_FRAME_SIZE, "trampoline frame layout");
+#define KBOX_A64_TRAMP_SP 304
+_Static_assert(sizeof(struct tramp_frame) == 176 && sizeof(struct tramp_frame) + 128 == KBOX_A64_TRAMP_SP,
+               "trampoline frame layout");
 
 extern const uint8_t kbox_rw_a64_svc[], kbox_rw_slow_back[];
 
@@ -101,7 +103,7 @@ uint64_t kbox_arch_child_frame(const siginfo_t *si, const kbox_ucontext_t *uc, u
 }
 
 /* kbox_rw_a64_entry's passthrough path runs with x9 = the trampoline frame (the program's
- * x0..x18, x30, nzcv), x10 = the site, sp = the frame (the program's sp - 176):
+ * x0..x18, x30, nzcv), x10 = the site, sp = the frame (the program's sp - 304):
  *   svc+0  svc #0          not run yet, or set up to restart (the two look alike here)
  *   svc+4  str x0, [x9]    done: x0 = result
  *   svc+8  ret             the frame holds the result
@@ -131,7 +133,7 @@ void kbox_arch_sig_adjust(kbox_ucontext_t *uc, bool sa_restart)
     for (int i = 0; i < 19; i++)
         m->regs[i] = f->x[i];
     m->regs[30] = f->x30;
-    m->sp = (uint64_t)(uintptr_t)f + TRAMP_FRAME_SIZE;
+    m->sp = (uint64_t)(uintptr_t)f + KBOX_A64_TRAMP_SP;
     m->pstate = (m->pstate & ~PSR_NZCV_MASK) | (f->nzcv & PSR_NZCV_MASK);
     if (m->pc != svc) {
         m->regs[0] = x0;
