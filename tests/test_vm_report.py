@@ -53,7 +53,9 @@ def test_matrix_summary_is_printed_and_written_for_the_report(
     config = types.SimpleNamespace(kbox_cells=cells)
     tr = Reporter()
     plugin.pytest_terminal_summary(tr, 0, config)  # type: ignore[arg-type]
-    table = tr.lines[1:]
+    table, retries = tr.lines[1:-1], tr.lines[-1]
+    # After the table: how often the SSH retry paths fired (none in this fake session).
+    assert retries == "SSH retries that fired: none"
     assert table[0].split() == ["arch", "kernel", "seccomp", "trap", "other"]
     assert table[1].split() == ["aarch64", "6.1", "40/46", "6s", "12/12"]
     assert table[2].split() == ["x86_64", "6.12", "45/46", "1F", "46/46"]

@@ -51,6 +51,7 @@ BOOT_TIMEOUT_S = 20.0        # hardware seconds from launch to SSH-ready (x3 und
 RUN_TIMEOUT_S = 60.0         # default per-command budget
 SSH_ATTEMPTS = 3             # a command that did not start, or a copy, on fresh connections
 RECONNECT_S = 30.0           # hardware seconds to get a new connection to a running guest
+SETTLE_S = 5.0               # hardware seconds for QEMU to start the guest after binding ports
 PORT_ATTEMPTS = 5            # launches tried on host-forwarding collisions
 DEFAULT_MEMORY_MB = int(os.environ.get("KBOX_VM_MEMORY", "1536"))
 DEFAULT_SMP = int(os.environ.get("KBOX_VM_SMP", "2"))
@@ -275,9 +276,9 @@ class VM:
             self.ssh_port = next(ports)
             self.forwards = {g: next(ports) for g in self.forward_guest_ports}
             self._start(qemu)
-            # Host forwarding is set up before the guest starts; QEMU exits at once when
-            # the port was taken between our probe and its bind.
-            if self._early_exit(0.3) and is_hostfwd_collision(self._stderr_text()):
+            # Host forwarding is set up before the guest starts; QEMU exits early when the
+            # port was taken between our probe and its bind.
+            if self._exits_before_output() and is_hostfwd_collision(self._stderr_text()):
                 last_err = self._stderr_text().strip()
                 self._reap()
                 continue
@@ -335,13 +336,20 @@ class VM:
             fh.write(f"### {time.strftime('%F %T')} {shlex.join(self.command)}\n".encode())
         self._console = Console(self._proc.stdout, self.log_path)
 
-    def _early_exit(self, window: float) -> bool:
-        assert self._proc is not None
-        try:
-            self._proc.wait(timeout=window)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+    def _exits_before_output(self) -> bool:
+        """True if QEMU exits before the guest prints anything.  QEMU binds its forwarded
+        ports before it starts the guest, so once the console has output the ports are
+        held; on a loaded host that start can take seconds (a fixed 0.3 s wait missed a
+        collision there).  Bounded: a guest that is silent for SETTLE_S is taken as started."""
+        assert self._proc is not None and self._console is not None
+        deadline = time.monotonic() + SETTLE_S * self.timeout_factor
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return True
+            if self._console.tail(1) or self._console.eof:
+                return self._proc.poll() is not None
+            time.sleep(0.02)
+        return False
 
     def _stderr_text(self) -> str:
         try:
