@@ -149,9 +149,9 @@ execve          INT  PATH ARGV ENVP
 execveat        INT  DIRFD PATH ARGV ENVP AT_FLAGS
 exit            INT  INT
 exit_group      INT  INT
-wait4           PID  PID WSTATUS WAIT_OPTIONS PTR
+wait4           PID  PIDSPEC WSTATUS WAIT_OPTIONS PTR
 waitid          INT  INT PID PTR WAIT_OPTIONS PTR
-kill            INT  PID SIGNUM
+kill            INT  PIDSPEC SIGNUM
 tkill           INT  PID SIGNUM
 tgkill          INT  PID PID SIGNUM
 uname           INT  PTR
@@ -233,6 +233,19 @@ process_vm_readv INT PID PTR UINT PTR UINT HEX
 preadv          INT  FD IOV_OUT INT OFF
 pwritev         INT  FD IOV_IN INT OFF
 membarrier      INT  INT HEX INT
+sched_setscheduler INT PID INT PTR
+sched_getscheduler INT PID
+sched_setparam  INT  PID PTR
+sched_getparam  INT  PID PTR
+sched_rr_get_interval INT PID TIMESPEC_OUT
+sched_setattr   INT  PID PTR HEX
+sched_getattr   INT  PID PTR UINT HEX
+get_robust_list INT  PID PTR PTR
+process_vm_writev INT PID PTR UINT PTR UINT HEX
+migrate_pages   INT  PID UINT PTR PTR
+move_pages      INT  PID UINT PTR PTR PTR HEX
+kcmp            INT  PID PID INT HEX HEX
+rt_tgsigqueueinfo INT PID PID SIGNUM PTR
 """
 
 ARCH_SIGNATURES = {
@@ -242,41 +255,54 @@ ARCH_SIGNATURES = {
     "aarch64": "clone PID CLONE_FLAGS PTR PTR HEX PTR",
 }
 
+# What the tiers and the dispatcher need to know of a call beyond its arguments (flag names
+# are KBOX_SC_* in csrc/arch/sysent.h without the prefix).  Names an arch lacks are skipped.
+PROPERTIES = """
+FRAME    rt_sigreturn exit exit_group execve execveat clone clone3 fork vfork
+         rt_sigprocmask sigaltstack rt_sigpending
+RUNTIME  rt_sigaction rt_sigprocmask rt_sigsuspend ppoll epoll_pwait epoll_pwait2 pselect6
+         close dup2 dup3 close_range readlink readlinkat sigaltstack rt_sigpending
+NEWTASK  clone clone3 fork vfork
+EXEC     execve execveat
+NORETURN exit exit_group
+"""
+KNOWN_PROPERTIES = ("FRAME", "RUNTIME", "NEWTASK", "EXEC", "NORETURN")
+
 # SYSCALL_DEFINEn arities of every syscall without a hand-written signature.
 NARGS_BY_COUNT = {
     0: """restart_syscall getuid getgid munlockall vhangup sync inotify_init""",
     1: """shmdt uselib personality mlockall _sysctl adjtimex acct swapoff iopl
           get_kernel_syms set_thread_area io_destroy get_thread_area epoll_create
           timer_getoverrun timer_delete mq_unlink unshare eventfd inotify_init1 syncfs
-          userfaultfd pkey_free memfd_secret setfsuid setfsgid time sched_getscheduler
+          userfaultfd pkey_free memfd_secret setfsuid setfsgid time
           sched_get_priority_max sched_get_priority_min""",
     2: """getitimer setreuid setregid capget capset rt_sigpending utime ustat getpriority
-          sched_setparam sched_getparam sched_rr_get_interval mlock munlock pivot_root
+          mlock munlock pivot_root
           settimeofday swapon sethostname setdomainname create_module delete_module
           removexattr lremovexattr fremovexattr io_setup timer_gettime clock_settime utimes
           mq_notify ioprio_get inotify_rm_watch timerfd_create timerfd_gettime fanotify_init
           clock_adjtime setns pkey_alloc msgget io_uring_setup fsopen
           landlock_restrict_self process_mrelease""",
     3: """mincore shmget shmat shmctl setitimer semget semop msgctl getdents syslog
-          setresuid getresuid setresgid getresgid mknod sysfs setpriority sched_setscheduler
+          setresuid getresuid setresgid getresgid mknod sysfs setpriority
           modify_ldt init_module nfsservctl tuxcall security readahead listxattr llistxattr
           flistxattr io_submit io_cancel lookup_dcookie timer_create set_mempolicy
-          mq_getsetattr ioprio_set inotify_add_watch futimesat get_robust_list signalfd
-          getcpu finit_module sched_setattr bpf mlock2 open_tree fsmount fspick pidfd_getfd
+          mq_getsetattr ioprio_set inotify_add_watch futimesat signalfd
+          getcpu finit_module bpf mlock2 open_tree fsmount fspick pidfd_getfd
           landlock_create_ruleset lsm_list_modules mseal map_shadow_stack open_by_handle_at
           ioperm""",
     4: """semctl msgsnd ptrace reboot quotactl getxattr lgetxattr fgetxattr epoll_ctl_old
           epoll_wait_old semtimedop timer_settime mq_open kexec_load request_key
-          migrate_pages tee sync_file_range vmsplice timerfd_settime signalfd4
-          rt_tgsigqueueinfo sendmmsg sched_getattr pkey_mprotect io_uring_register openat2
+          tee sync_file_range vmsplice timerfd_settime signalfd4
+          sendmmsg pkey_mprotect io_uring_register openat2
           quotactl_fd landlock_add_rule set_mempolicy_home_node cachestat fchmodat2
           futex_wake futex_requeue statmount listmount lsm_get_self_attr lsm_set_self_attr""",
     5: """msgrcv query_module getpmsg putpmsg afs_syscall setxattr lsetxattr fsetxattr
           io_getevents remap_file_pages get_mempolicy mq_timedsend mq_timedreceive add_key
-          keyctl perf_event_open recvmmsg fanotify_mark name_to_handle_at kcmp
+          keyctl perf_event_open recvmmsg fanotify_mark name_to_handle_at
           kexec_file_load move_mount fsconfig process_madvise mount_setattr futex_waitv
           vserver""",
-    6: """mbind splice move_pages process_vm_writev preadv2 pwritev2 io_pgetevents
+    6: """mbind splice preadv2 pwritev2 io_pgetevents
           io_uring_enter epoll_pwait2 futex_wait""",
 }
 
@@ -287,7 +313,7 @@ KNOWN_KINDS = {
     "ENVP", "PID", "WAIT_OPTIONS", "IOCTL_CMD", "FUTEX_OP", "PRCTL_OPT", "ARCH_PRCTL",
     "RLIMIT_RES", "CLOCKID", "OCT", "SIGSET", "SIGACTION", "STAT_OUT", "TIMESPEC", "POLLFDS",
     "MSG_FLAGS", "SOCKADDR", "EPOLL_OP", "MADV", "PIPEFDS", "FD_FLAGS", "TIMESPEC_OUT",
-    "WSTATUS", "PATH_OUT", "OFF", "IOV_IN", "IOV_OUT",
+    "WSTATUS", "PATH_OUT", "OFF", "IOV_IN", "IOV_OUT", "PIDSPEC",
 }
 
 NR_MAX = 512  # KBOX_NR_MAX in csrc/trace/trace.h
@@ -304,6 +330,19 @@ def parse_signatures(text: str) -> dict[str, tuple[str, list[str]]]:
             raise SystemExit(f"gen-sysent: {name} has more than 6 arguments")
         sigs[name] = (ret, args)
     return sigs
+
+
+def properties_table() -> dict[str, list[str]]:
+    props: dict[str, list[str]] = {}
+    flag = None
+    for word in PROPERTIES.split():
+        if word.isupper():
+            if word not in KNOWN_PROPERTIES:
+                raise SystemExit(f"gen-sysent: unknown property {word}")
+            flag = word
+        else:
+            props.setdefault(word, []).append(flag)
+    return props
 
 
 def nargs_table() -> dict[str, int]:
@@ -366,6 +405,10 @@ def render_sysent(arch: str) -> str:
     sigs = parse_signatures(SIGNATURES)
     sigs.update(parse_signatures(ARCH_SIGNATURES[arch]))
     nargs = nargs_table()
+    props = properties_table()
+    for name in props:
+        if name not in sigs and name not in nargs:
+            raise SystemExit(f"gen-sysent: property of an unknown syscall {name}")
     lines = []
     for nr in sorted(numbers):
         if nr >= NR_MAX:
@@ -378,18 +421,19 @@ def render_sysent(arch: str) -> str:
         else:
             raise SystemExit(f"gen-sysent: {arch}: no signature or arity for {name}")
         arglist = ", ".join(f"KA_{a}" for a in args)
-        lines.append(f'    [{nr}] = {{ "{name}", {len(args)}, {{ {arglist} }}, KA_{ret} }},')
+        flags = " | ".join(f"KBOX_SC_{f}" for f in props.get(name, [])) or "0"
+        lines.append(f'    [{nr}] = {{ "{name}", {len(args)}, {{ {arglist} }}, KA_{ret}, {flags} }},')
     asserts = [f"_Static_assert(__NR_{numbers[nr]} == {nr}, \"{numbers[nr]}\");"
                for nr in sorted(from_header)]
     decoded = sum(1 for name in numbers.values() if name in sigs)
     src = ARCHES[arch]["source"]
     return "\n".join([
-        f"/* {arch} syscall table: every native syscall number with its name and argument",
-        " * kinds.  GENERATED by scripts/gen-sysent.py from",
+        f"/* {arch} syscall table: every native syscall number with its name, argument kinds",
+        " * and properties (csrc/arch/sysent.h).  GENERATED by scripts/gen-sysent.py from",
         f" * {src} (plus the syscalls added up to Linux 6.12);",
         " * do not edit: change the script and rerun it.",
         f" * {len(numbers)} syscalls, {decoded} with hand-written argument kinds. */",
-        '#include "trace/trace.h"',
+        '#include "arch/sysent.h"',
         "",
         "#include <asm/unistd.h>",
         "",

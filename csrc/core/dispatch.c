@@ -7,17 +7,17 @@
  * the run starts, not silently here.
  */
 #include "arch.h"
+#include "arch/sysent.h"
 #include "core/policy.h"
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include <asm/unistd.h>
+#include <linux/errno.h>
 #include <linux/mman.h>
 #include <linux/sched.h>
 #include <linux/wait.h>
 
-#define EACCES_ 13
-#define ESRCH_ 3
 
 static bool in_process(const struct kbox_req *req) { return req->tier != KBOX_TIER_SECCOMP; }
 
@@ -54,71 +54,35 @@ static int64_t pid_out(const struct kbox_policy *p, int64_t ret)
     return kbox_vpid_lookup(p->shared, (int)ret);
 }
 
+/* Virtual ids in, on the way to the kernel: every argument the syscall table marks as a pid
+ * (KA_PID: 0 is the caller) or a pid-or-group (KA_PIDSPEC: kill, wait4).  getpid/gettid
+ * are answered here; waitid's id is a pid only for P_PID and P_PGID. */
 static void vpid_enter(const struct kbox_policy *p, const struct kbox_req *req,
                        struct kbox_answer *ans)
 {
     struct kbox_shared *s = p->shared;
-    switch (req->nr) {
-    case __NR_getpid:
+    if (req->nr == __NR_getpid || req->nr == __NR_gettid) {
         ans->verdict = KBOX_RETURN;
-        ans->value = kbox_vpid_assign(s, req->pid);
-        return;
-    case __NR_gettid:
-        ans->verdict = KBOX_RETURN;
-        ans->value = kbox_vpid_assign(s, req->tid);
-        return;
-    case __NR_kill:
-    case __NR_wait4:
-    case __NR_setpgid:
-        if (!pid_in(p, &ans->args[0], true))
-            goto esrch;
-        if (req->nr == __NR_setpgid && !pid_in(p, &ans->args[1], false))
-            goto esrch;
-        return;
-    case __NR_tgkill:
-    case __NR_rt_tgsigqueueinfo:
-        if (!pid_in(p, &ans->args[0], false) || !pid_in(p, &ans->args[1], false))
-            goto esrch;
-        return;
-    case __NR_tkill:
-    case __NR_rt_sigqueueinfo:
-    case __NR_pidfd_open:
-    case __NR_getpgid:
-    case __NR_getsid:
-    case __NR_prlimit64:
-    case __NR_sched_setaffinity:
-    case __NR_sched_getaffinity:
-    case __NR_sched_setscheduler:
-    case __NR_sched_getscheduler:
-    case __NR_sched_setparam:
-    case __NR_sched_getparam:
-    case __NR_sched_rr_get_interval:
-    case __NR_sched_setattr:
-    case __NR_sched_getattr:
-    case __NR_get_robust_list:
-    case __NR_process_vm_readv:
-    case __NR_process_vm_writev:
-    case __NR_migrate_pages:
-    case __NR_move_pages:
-    case __NR_kcmp:
-        /* pid 0 means the caller for all of these. */
-        if (!pid_in(p, &ans->args[0], false))
-            goto esrch;
-        if (req->nr == __NR_kcmp && !pid_in(p, &ans->args[1], false))
-            goto esrch;
-        return;
-    case __NR_waitid:
-        if (ans->args[0] == P_PID || ans->args[0] == P_PGID) {
-            if (!pid_in(p, &ans->args[1], false))
-                goto esrch;
-        }
-        return;
-    default:
+        ans->value = kbox_vpid_assign(s, req->nr == __NR_getpid ? req->pid : req->tid);
         return;
     }
+    if (req->nr == __NR_waitid) {
+        if ((ans->args[0] == P_PID || ans->args[0] == P_PGID) && !pid_in(p, &ans->args[1], false))
+            goto esrch;
+        return;
+    }
+    const struct kbox_sysent *e = kbox_sysent(req->nr);
+    if (!e)
+        return;
+    for (int i = 0; i < e->nargs; i++) {
+        if ((e->arg[i] == KA_PID || e->arg[i] == KA_PIDSPEC) &&
+            !pid_in(p, &ans->args[i], e->arg[i] == KA_PIDSPEC))
+            goto esrch;
+    }
+    return;
 esrch:
     ans->verdict = KBOX_FAIL;
-    ans->value = ESRCH_;
+    ans->value = ESRCH;
 }
 
 /* Writes a virtual id over the real one the kernel stored in guest memory
@@ -164,18 +128,12 @@ static void clone_flags_and_tids(const struct kbox_req *req, uint64_t *flags, ui
     }
 }
 
+/* Virtual ids out: a new task's id (and the tid words clone wrote), and every result the
+ * syscall table types as a pid. */
 static int64_t vpid_exit(const struct kbox_policy *p, const struct kbox_req *req, int64_t ret)
 {
     struct kbox_shared *s = p->shared;
-    switch (req->nr) {
-#ifdef __NR_fork
-    case __NR_fork:
-#endif
-#ifdef __NR_vfork
-    case __NR_vfork:
-#endif
-    case __NR_clone:
-    case __NR_clone3: {
+    if (kbox_sc_props(req->nr) & KBOX_SC_NEWTASK) {
         uint64_t flags, ptid, ctid;
         clone_flags_and_tids(req, &flags, &ptid, &ctid);
         if (ret > 0) {
@@ -193,14 +151,7 @@ static int64_t vpid_exit(const struct kbox_policy *p, const struct kbox_req *req
         }
         return ret;
     }
-    case __NR_getppid:
-    case __NR_wait4:
-    case __NR_getpgid:
-    case __NR_getsid:
-#ifdef __NR_getpgrp
-    case __NR_getpgrp:
-#endif
-        return pid_out(p, ret);
+    switch (req->nr) {
     case __NR_set_tid_address:
         return kbox_vpid_assign(s, req->tid);
     case __NR_waitid:
@@ -213,8 +164,10 @@ static int64_t vpid_exit(const struct kbox_policy *p, const struct kbox_req *req
             }
         }
         return ret;
-    default:
-        return ret;
+    default: {
+        const struct kbox_sysent *e = kbox_sysent(req->nr);
+        return e && e->ret == KA_PID ? pid_out(p, ret) : ret;
+    }
     }
 }
 
@@ -261,7 +214,7 @@ void kbox_dispatch_enter(const struct kbox_policy *p, const struct kbox_req *req
     }
     if (p->enforce_wx && in_process(req) && wants_wx(req)) {
         ans->verdict = KBOX_FAIL;
-        ans->value = EACCES_;
+        ans->value = EACCES;
         return;
     }
     if (p->virtual_pid && p->shared)

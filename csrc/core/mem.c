@@ -1,29 +1,19 @@
 #include "core/mem.h"
 #include "lib/sys.h"
+#include "lib/self.h"
 #include <linux/uio.h>
 #include <linux/ioctl.h>
 #include <linux/seccomp.h>
 
-static long vm_rw(int nr, int pid, uint64_t addr, void *buf, size_t len)
-{
-    struct iovec local = { buf, len };
-    struct iovec remote = { (void *)(uintptr_t)addr, len };
-    return KSYS6(nr, pid, &local, 1, &remote, 1, 0);
-}
-
-long kbox_mem_read_self(uint64_t addr, void *buf, size_t len)
-{
-    return vm_rw(__NR_process_vm_readv, (int)kbox_getpid(), addr, buf, len);
-}
 
 static long self_read(const struct kbox_mem *m, uint64_t addr, void *buf, size_t len)
 {
-    return vm_rw(__NR_process_vm_readv, m->pid ? m->pid : (int)kbox_getpid(), addr, buf, len);
+    return kbox_vm_rw(__NR_process_vm_readv, m->pid ? m->pid : (int)kbox_getpid(), addr, buf, len);
 }
 
 static long self_write(const struct kbox_mem *m, uint64_t addr, const void *buf, size_t len)
 {
-    return vm_rw(__NR_process_vm_writev, m->pid ? m->pid : (int)kbox_getpid(), addr, (void *)buf, len);
+    return kbox_vm_rw(__NR_process_vm_writev, m->pid ? m->pid : (int)kbox_getpid(), addr, (void *)buf, len);
 }
 
 void kbox_mem_init_self(struct kbox_mem *m)
@@ -38,7 +28,7 @@ void kbox_mem_init_self(struct kbox_mem *m)
 
 static long notif_read(const struct kbox_mem *m, uint64_t addr, void *buf, size_t len)
 {
-    long r = vm_rw(__NR_process_vm_readv, m->pid, addr, buf, len);
+    long r = kbox_vm_rw(__NR_process_vm_readv, m->pid, addr, buf, len);
     uint64_t id = m->notify_id;
     if (KSYS3(__NR_ioctl, m->notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0)
         return -3; /* ESRCH: the caller is gone; whatever we read is not its memory */
@@ -50,7 +40,7 @@ static long notif_write(const struct kbox_mem *m, uint64_t addr, const void *buf
     uint64_t id = m->notify_id;
     if (KSYS3(__NR_ioctl, m->notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0)
         return -3;
-    return vm_rw(__NR_process_vm_writev, m->pid, addr, (void *)buf, len);
+    return kbox_vm_rw(__NR_process_vm_writev, m->pid, addr, (void *)buf, len);
 }
 
 void kbox_mem_init_notif(struct kbox_mem *m, int pid, int notify_fd, uint64_t id)

@@ -13,8 +13,6 @@ void kbox_mem_init_self(struct kbox_mem *m);
  * after every read (SECCOMP_IOCTL_NOTIF_ID_VALID), or the pid may have been recycled. */
 void kbox_mem_init_notif(struct kbox_mem *m, int pid, int notify_fd, uint64_t id);
 
-/* Copies from this process's own memory without faulting on a bad address (-errno). */
-long kbox_mem_read_self(uint64_t addr, void *buf, size_t len);
 
 /* Reads a NUL-terminated string of at most cap-1 bytes; returns its length or -errno. */
 long kbox_mem_read_str(const struct kbox_mem *m, uint64_t addr, char *buf, size_t cap);

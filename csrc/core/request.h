@@ -53,6 +53,23 @@ struct kbox_req {
     const struct kbox_mem *mem;
 };
 
+/* The one way a tier fills a request: the path follows from the tier, and the caller's ids
+ * are left 0 for the tier to fill only when a policy needs them (a syscall each). */
+static inline void kbox_req_init(struct kbox_req *r, int nr, const uint64_t args[6], uint64_t ip,
+                                 enum kbox_tier tier, const struct kbox_mem *mem)
+{
+    r->nr = nr;
+    for (int i = 0; i < 6; i++)
+        r->args[i] = args[i];
+    r->ip = ip;
+    r->tier = tier;
+    r->path = tier == KBOX_TIER_SECCOMP ? KBOX_PATH_NOTIFIED
+              : tier == KBOX_TIER_TRAP  ? KBOX_PATH_TRAPPED
+                                        : KBOX_PATH_REWRITTEN;
+    r->pid = r->tid = 0;
+    r->mem = mem;
+}
+
 enum kbox_verdict {
     KBOX_RUN = 0,      /* run the syscall (with args[] possibly rewritten, in-process tiers) */
     KBOX_RETURN = 1,   /* do not run it; the call returns `value` */

@@ -1,6 +1,8 @@
 #include "core/shared.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "lib/hash.h"
+#include <linux/errno.h>
 #include <linux/mman.h>
 #include <linux/memfd.h>
 
@@ -37,13 +39,13 @@ int kbox_shared_attach(int fd, struct kbox_shared **out)
     struct kbox_shared *s = (struct kbox_shared *)r;
     if (s->magic != KBOX_SHARED_MAGIC || s->size != sizeof(*s)) {
         kbox_munmap(s, shared_size());
-        return -22; /* EINVAL */
+        return -EINVAL;
     }
     *out = s;
     return 0;
 }
 
-static uint32_t slot_of(int real) { return ((uint32_t)real * 2654435761u) & (KBOX_VPID_HASH - 1); }
+static uint32_t slot_of(int real) { return kbox_hash_slot((uint64_t)real, KBOX_VPID_HASH); }
 
 int kbox_vpid_lookup(struct kbox_shared *s, int real)
 {

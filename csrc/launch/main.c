@@ -23,6 +23,7 @@
 #include <linux/resource.h>
 
 __attribute__((noreturn)) void kbox_main(uint64_t *sp);
+static __attribute__((noreturn)) void finish(int status);
 
 enum mode { MODE_SECCOMP, MODE_TRAP, MODE_NONE };
 
@@ -300,10 +301,11 @@ static int launcher_main(uint64_t *sp)
     launch.self_path = self_path;
 
     stats_tier = mode == MODE_SECCOMP ? "seccomp" : launch.rewrite ? "rewrite" : "trap";
-    kbox_finish(mode == MODE_SECCOMP ? kbox_seccomp_run(&launch) : kbox_trap_run(&launch));
+    launch.finish = finish;
+    finish(mode == MODE_SECCOMP ? kbox_seccomp_run(&launch) : kbox_trap_run(&launch));
 }
 
-void kbox_finish(int status)
+static void finish(int status)
 {
     if (policy.stats && policy.shared)
         print_stats(stats_tier);

@@ -113,9 +113,7 @@ static long read_at(int fd, void *buf, size_t n, uint64_t off)
 
 static bool spacetab(char c) { return c == ' ' || c == '\t'; }
 
-/* binfmt_script's parse of "#!interp [arg]" in the first 256 bytes; line receives the
- * NUL-separated pieces.  Returns 0 with *name (and *arg or NULL) set, or -ENOEXEC. */
-static int parse_shebang(const unsigned char *buf, size_t n, char *line, const char **name,
+int kbox_parse_shebang(const unsigned char *buf, size_t n, char *line, const char **name,
                          const char **arg)
 {
     size_t end = 0;
@@ -358,7 +356,7 @@ int kbox_load_program(const char *path, char *const argv[], char *const envp[],
         if (depth == KBOX_SCRIPT_MAX_DEPTH)
             return say(err, ELOOP, "", path, "too many levels of #! interpreters (more than 4)");
         const char *name, *arg;
-        if (parse_shebang(c.buf, (size_t)n, c.script_line[depth], &name, &arg) < 0)
+        if (kbox_parse_shebang(c.buf, (size_t)n, c.script_line[depth], &name, &arg) < 0)
             return say(err, ENOEXEC, "", cur, "malformed #! line (no interpreter, or longer "
                                               "than 256 bytes)");
         if (splice_script(&c, name, arg, cur) < 0)

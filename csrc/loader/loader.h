@@ -53,6 +53,13 @@ struct kbox_elf_info { int type; int machine; int is_dynamic; int is_static_pie;
 int kbox_elf_check(const void *image, size_t len, struct kbox_elf_info *info,
                    struct kbox_buf *err);
 
+/* binfmt_script's parse of "#!interp [arg]" in the first n <= KBOX_BINPRM_BUF bytes of a
+ * file; `line` (KBOX_BINPRM_BUF + 1 bytes) receives the NUL-separated pieces.  Returns 0
+ * with *name (and *arg or NULL) set, or -ENOEXEC.  The loader and the trap tier's execve
+ * pre-check both use it, so they agree with the kernel and with each other. */
+int kbox_parse_shebang(const unsigned char *buf, size_t n, char *line, const char **name,
+                       const char **arg);
+
 /* ---- internal to loader/ ---- */
 
 #include <linux/elf.h>

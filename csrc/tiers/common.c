@@ -2,6 +2,7 @@
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "lib/ksignal.h"
 #include "trace/errnoent.h"
 
 void kbox_err(const char *a, const char *b, const char *c)
@@ -37,19 +38,25 @@ int kbox_status_to_exit(int wstatus)
     return 128 + sig;                     /* killed by a signal */
 }
 
-#include <linux/signal.h>
+#include <linux/prctl.h>
 #include <linux/wait.h>
 
-#ifndef SA_RESTORER
-#define SA_RESTORER 0x04000000
-#endif
-
-struct monitor_sigaction {
-    uint64_t handler, flags, restorer, mask;
-};
-
-void kbox_sigreturn(void);
 static volatile int monitored_child;
+
+long kbox_fork_monitored(void)
+{
+    uint64_t block = KBOX_SIGBIT(SIGCHLD), orig;
+    KSYS4(__NR_rt_sigprocmask, SIG_BLOCK, &block, &orig, 8);
+    KSYS2(__NR_prctl, PR_SET_CHILD_SUBREAPER, 1);
+    long child = KSYS5(__NR_clone, SIGCHLD, 0, NULL, NULL, 0);
+    if (child < 0) {
+        kbox_err("fork failed: ", kbox_strerror((int)-child), NULL);
+    } else if (child == 0) {
+        KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &orig, NULL, 8);
+        KSYS2(__NR_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    }
+    return child;
+}
 
 static void forward_signal(int sig)
 {
@@ -60,13 +67,11 @@ static void forward_signal(int sig)
 void kbox_monitor_ignore_terminal_signals(int child)
 {
     monitored_child = child;
-    struct monitor_sigaction ign = { (uint64_t)(uintptr_t)SIG_IGN, 0, 0, 0 };
-    struct monitor_sigaction fwd = { (uint64_t)(uintptr_t)forward_signal, SA_RESTORER | SA_RESTART,
-                                     (uint64_t)(uintptr_t)kbox_sigreturn, 0 };
-    KSYS4(__NR_rt_sigaction, SIGINT, &ign, NULL, 8);
-    KSYS4(__NR_rt_sigaction, SIGQUIT, &ign, NULL, 8);
-    KSYS4(__NR_rt_sigaction, SIGTERM, &fwd, NULL, 8);
-    KSYS4(__NR_rt_sigaction, SIGHUP, &fwd, NULL, 8);
+    struct kbox_ksigaction ign = { (uint64_t)(uintptr_t)SIG_IGN, 0, 0, 0 };
+    kbox_rt_sigaction(SIGINT, &ign, NULL);
+    kbox_rt_sigaction(SIGQUIT, &ign, NULL);
+    kbox_set_handler(SIGTERM, forward_signal, SA_RESTART);
+    kbox_set_handler(SIGHUP, forward_signal, SA_RESTART);
 }
 
 int kbox_monitor_children(int child)

@@ -22,6 +22,9 @@ struct kbox_launch {
     bool relaunch;              /* we are a guest's execve, already inside the sandbox */
     int shared_fd;
     struct kbox_policy *policy;
+    /* Ends the run with `status` (printing --stats first): the launcher's, so that a tier
+     * that must end the run from a signal handler (the supervisor) does not call up into it. */
+    __attribute__((noreturn)) void (*finish)(int status);
 };
 
 /* Exit status conventions of the launcher itself. */
@@ -44,8 +47,11 @@ int kbox_plain_run(struct kbox_launch *L);
  * reach the guest directly); returns the shell-style status of `child`. */
 int kbox_monitor_children(int child);
 void kbox_monitor_ignore_terminal_signals(int child);
-/* Ends the run with `status` (printing --stats first); main.c. */
-__attribute__((noreturn)) void kbox_finish(int status);
+/* Forks the run's first process.  In the parent SIGCHLD stays blocked (the caller unblocks
+ * it once its handling is in place) and the launcher is a child subreaper, so every process
+ * of the run is reaped here; the child gets the launcher's old mask back and dies with the
+ * launcher.  Returns the child's pid, 0 in the child, or -errno (already reported). */
+long kbox_fork_monitored(void);
 /* Prints "kbox: <msg>\n" to stderr. */
 void kbox_err(const char *a, const char *b, const char *c);
 /* strerror for the errnos the launcher reports. */

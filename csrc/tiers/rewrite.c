@@ -9,7 +9,8 @@
  * safely (arch/<arch>/launch/rewrite-<arch>.c says when) simply stays on the trap path.
  *
  * Calls that need the signal frame (clone, vfork, execve, rt_sigreturn, the signal-mask
- * calls) are handed back to the trap path from the trampoline.
+ * calls: KBOX_SC_FRAME in the syscall table) are handed back to the trap path from the
+ * trampoline by the slow path (kbox_rewrite_slow, tiers/trap.c); this file only patches.
  *
  * Trampolines live in chunks mapped near the code they serve (the branch range is +-2 GiB on
  * x86_64, +-128 MiB on aarch64).  Adding one briefly makes its chunk writable (and still
@@ -18,14 +19,11 @@
  * signal blocked.
  */
 #include "tiers/rewrite.h"
-#include "tiers/signals.h"
-#include "tiers/trap.h"
-#include "tiers/vfork.h"
-#include "core/mem.h"
-#include "core/policy.h"
-#include "tiers/maps.h"
+#include "lib/self.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "lib/hash.h"
+#include "lib/lock.h"
 #include <linux/errno.h>
 #include <linux/mman.h>
 #include <linux/signal.h>
@@ -58,84 +56,21 @@ bool kbox_rewrite_owns(uint64_t pc)
     return false;
 }
 
-void kbox_rewrite_enable(const struct kbox_policy *p)
+void kbox_rewrite_enable(const uint8_t *fast, int n, const int own_fd[2])
 {
-    (void)p; /* the fast-path table (kbox_trap_fast) is the trap runtime's */
-    kbox_arch_rw_enable(kbox_trap_fast, KBOX_NR_MAX, kbox_own_fd);
+    kbox_arch_rw_enable(fast, n, own_fd);
     rw.enabled = true;
-}
-
-void kbox_rewrite_slow(struct kbox_rw_frame *f, uint64_t site)
-{
-    int nr = kbox_arch_rw_nr(f);
-    int64_t ret;
-    if (kbox_trap_is_fast(nr, kbox_arch_rw_arg(f, 0))) {
-        ret = kbox_syscall6(nr, (long)kbox_arch_rw_arg(f, 0), (long)kbox_arch_rw_arg(f, 1),
-                            (long)kbox_arch_rw_arg(f, 2), (long)kbox_arch_rw_arg(f, 3),
-                            (long)kbox_arch_rw_arg(f, 4), (long)kbox_arch_rw_arg(f, 5));
-    } else if (kbox_trap_needs_frame(nr)) {
-        kbox_arch_rw_set_trap(f);
-        return;
-    } else {
-        struct kbox_req req;
-        req.nr = nr;
-        for (int i = 0; i < 6; i++)
-            req.args[i] = kbox_arch_rw_arg(f, i);
-        req.ip = site + KBOX_SYSCALL_INSN_LEN;
-        req.tier = KBOX_TIER_REWRITE;
-        req.path = KBOX_PATH_REWRITTEN;
-        req.pid = req.tid = 0;
-        ret = kbox_trap_serve_direct(&req);
-    }
-    struct kbox_thread *t = kbox_thread_self();
-    if (t && t->deferred) {
-        /* A signal arrived while we served, and is held blocked for the program: resume
-         * through the trap path, whose frame brings the program's mask back (and with it
-         * the signal, at the syscall site, as the kernel would deliver it). */
-        t->resume_nr = (uint64_t)nr;
-        t->resume_site = site;
-        t->resume_ret = (uint64_t)ret;
-        t->resume_arg0 = kbox_arch_rw_arg(f, 0);
-        t->resume_restart = t->restart && ret == -EINTR;
-        t->restart = 0;
-        kbox_arch_rw_set_nr(f, KBOX_NR_RW_RESUME);
-        kbox_arch_rw_set_trap(f);
-        return;
-    }
-    kbox_arch_rw_set_result(f, site + KBOX_SYSCALL_INSN_LEN, ret);
 }
 
 /* ---- bookkeeping -------------------------------------------------------------------------- */
 
+/* Whether `site` was handled already; with `insert`, marks it handled.  A full table counts
+ * as seen: rewriting stops there, and the trap path still serves everything. */
 static bool site_seen(uint64_t site, bool insert)
 {
-    for (uint32_t i = (uint32_t)((site >> 2) * 2654435761u) % SITE_SLOTS, n = 0; n < SITE_SLOTS;
-         i = (i + 1) % SITE_SLOTS, n++) {
-        if (rw.site[i] == site)
-            return true;
-        if (rw.site[i] == 0) {
-            if (insert)
-                rw.site[i] = site;
-            return false;
-        }
-    }
-    return true; /* table full: stop rewriting, the trap path still serves everything */
-}
-
-static void lock(void)
-{
-    for (;;) {
-        int32_t zero = 0;
-        if (__atomic_compare_exchange_n(&rw.lock, &zero, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-            return;
-        KSYS6(__NR_futex, &rw.lock, 0 /* FUTEX_WAIT */, 1, NULL, NULL, 0);
-    }
-}
-
-static void unlock(void)
-{
-    __atomic_store_n(&rw.lock, 0, __ATOMIC_RELEASE);
-    KSYS6(__NR_futex, &rw.lock, 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+    if (kbox_u64set_slot(rw.site, SITE_SLOTS, site, false))
+        return true;
+    return insert && !kbox_u64set_slot(rw.site, SITE_SLOTS, site, true);
 }
 
 /* Instruction starts that carried a two-step patch's placeholder (never removed: a thread
@@ -276,16 +211,16 @@ int kbox_rewrite_promote(uint64_t lo, uint64_t hi)
         n = kbox_arch_rw_promotions((const uint8_t *)m, lo, len, plans, 512);
     kbox_munmap((void *)m, len);
     /* Before the program runs: no other thread, no signal handler of its own yet. */
-    lock();
+    kbox_lock(&rw.lock);
     for (int i = 0; i < n; i++)
         done += patch_plan(&plans[i]);
-    unlock();
+    kbox_unlock(&rw.lock);
     return done;
 }
 
-void kbox_rewrite_site(uint64_t site, int nr)
+void kbox_rewrite_site(uint64_t site)
 {
-    if (!rw.enabled || kbox_trap_needs_frame(nr) || kbox_rewrite_owns(site))
+    if (!rw.enabled || kbox_rewrite_owns(site))
         return;
     /* Never our own code (the launcher image, which is linked at a fixed address). */
     extern const char __executable_start[], _end[];
@@ -298,9 +233,9 @@ void kbox_rewrite_site(uint64_t site, int nr)
         return;
     uint64_t all = ~0ULL, saved;
     KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &all, &saved, 8);
-    lock();
+    kbox_lock(&rw.lock);
     if (!site_seen(site, true))
         patch(site);
-    unlock();
+    kbox_unlock(&rw.lock);
     KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, &saved, NULL, 8);
 }

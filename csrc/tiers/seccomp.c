@@ -16,6 +16,7 @@
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "lib/ksignal.h"
 #include <linux/ioctl.h>
 #include <linux/seccomp.h>
 #include <linux/filter.h>
@@ -27,6 +28,8 @@
 #include <linux/wait.h>
 #include <linux/sched.h>
 #include <asm/signal.h>
+#include <linux/errno.h>
+#include <linux/fcntl.h>
 
 /* Newer than Debian 12's uapi headers (Linux 6.6). */
 #ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
@@ -39,11 +42,6 @@
 #define __NR_pidfd_getfd 438
 #endif
 
-#define ENOENT_ 2
-#define EINTR_ 4
-#define ECHILD_ 10
-
-struct sigset_k { uint64_t sig; };
 
 static int tgid_of(int tid)
 {
@@ -54,7 +52,7 @@ static int tgid_of(int tid)
     kbox_buf_puts(&b, "/proc/");
     kbox_buf_dec(&b, tid);
     kbox_buf_puts(&b, "/status");
-    long fd = kbox_openat(-100, path, 0, 0);
+    long fd = kbox_openat(AT_FDCWD, path, 0, 0);
     if (fd < 0)
         return tid;
     long n = kbox_read((int)fd, buf, sizeof(buf) - 1);
@@ -87,15 +85,12 @@ static int cached_tgid(struct tgid_cache *c, int tid)
     return c->tgid[i];
 }
 
-static __attribute__((noreturn)) void child_exec(struct kbox_launch *L, volatile int32_t *slot,
-                                                 const struct sigset_k *orig_mask)
+static __attribute__((noreturn)) void child_exec(struct kbox_launch *L, volatile int32_t *slot)
 {
     struct sock_filter prog[KBOX_BPF_MAX];
     int n = kbox_bpf_notify_all(prog, KBOX_BPF_MAX);
     struct sock_fprog fprog = { (unsigned short)n, prog };
 
-    KSYS4(__NR_rt_sigprocmask, SIG_SETMASK, orig_mask, NULL, 8);
-    KSYS2(__NR_prctl, PR_SET_PDEATHSIG, SIGKILL);
     if (KSYS5(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         kbox_err("cannot set no_new_privs", NULL, NULL);
         kbox_exit_group(KBOX_EXIT_INTERNAL);
@@ -111,7 +106,7 @@ static __attribute__((noreturn)) void child_exec(struct kbox_launch *L, volatile
     kbox_close((int)fd);
     long r = KSYS3(__NR_execve, L->path, L->argv, L->envp);
     kbox_err(L->path, ": ", kbox_strerror((int)-r));
-    kbox_exit_group(r == -ENOENT_ ? KBOX_EXIT_NOT_FOUND : KBOX_EXIT_CANNOT_EXEC);
+    kbox_exit_group(r == -ENOENT ? KBOX_EXIT_NOT_FOUND : KBOX_EXIT_CANNOT_EXEC);
 }
 
 static int attach_listener(int child, volatile int32_t *slot)
@@ -148,6 +143,7 @@ static struct {
     volatile int over;
     volatile int main_done;
     int main_status;
+    void (*finish)(int status); /* the launcher's end of the run (kbox_launch.finish) */
 } sup;
 
 static void reap(void)
@@ -159,7 +155,7 @@ static void reap(void)
             sup.main_status = status;
             sup.main_done = 1;
         }
-        if (w == -ECHILD_ && sup.main_done)
+        if (w == -ECHILD && sup.main_done)
             sup.over = 1;
         if (w <= 0)
             return;
@@ -171,15 +167,8 @@ static void on_sigchld(int sig)
     (void)sig;
     reap();
     if (sup.over && sup.in_recv)
-        kbox_finish(kbox_status_to_exit(sup.main_status));
+        sup.finish(kbox_status_to_exit(sup.main_status));
 }
-
-struct sup_sigaction { uint64_t handler, flags, restorer, mask; };
-void kbox_sigreturn(void);
-
-#ifndef SA_RESTORER
-#define SA_RESTORER 0x04000000
-#endif
 
 int kbox_seccomp_run(struct kbox_launch *L)
 {
@@ -187,18 +176,13 @@ int kbox_seccomp_run(struct kbox_launch *L)
     volatile int32_t *slot = &p->shared->listener_fd;
     *slot = -1;
 
-    struct sigset_k chld = { 1ULL << (SIGCHLD - 1) }, orig;
-    KSYS4(__NR_rt_sigprocmask, SIG_BLOCK, &chld, &orig, 8);
-    KSYS2(__NR_prctl, PR_SET_CHILD_SUBREAPER, 1);
-
-    long child = KSYS5(__NR_clone, SIGCHLD, 0, NULL, NULL, 0);
-    if (child < 0) {
-        kbox_err("fork failed: ", kbox_strerror((int)-child), NULL);
+    long child = kbox_fork_monitored();
+    if (child < 0)
         return KBOX_EXIT_INTERNAL;
-    }
     if (child == 0)
-        child_exec(L, slot, &orig);
+        child_exec(L, slot);
     sup.child = (int)child;
+    sup.finish = L->finish;
 
     kbox_monitor_ignore_terminal_signals((int)child);
     int listener = attach_listener((int)child, slot);
@@ -231,9 +215,8 @@ int kbox_seccomp_run(struct kbox_launch *L)
             tc = (struct tgid_cache *)m;
     }
 
-    struct sup_sigaction act = { (uint64_t)(uintptr_t)on_sigchld, SA_RESTORER | SA_NOCLDSTOP,
-                                 (uint64_t)(uintptr_t)kbox_sigreturn, 0 };
-    KSYS4(__NR_rt_sigaction, SIGCHLD, &act, NULL, 8);
+    kbox_set_handler(SIGCHLD, on_sigchld, SA_NOCLDSTOP);
+    uint64_t chld = KBOX_SIGBIT(SIGCHLD);
     KSYS4(__NR_rt_sigprocmask, SIG_UNBLOCK, &chld, NULL, 8);
 
     bool started = false;
@@ -251,17 +234,10 @@ int kbox_seccomp_run(struct kbox_launch *L)
 
         struct kbox_mem mem;
         kbox_mem_init_notif(&mem, (int)notif->pid, listener, notif->id);
-        struct kbox_req req = {
-            .nr = notif->data.nr,
-            .ip = notif->data.instruction_pointer,
-            .tier = KBOX_TIER_SECCOMP,
-            .path = KBOX_PATH_NOTIFIED,
-            .pid = (int)notif->pid,
-            .tid = (int)notif->pid,
-            .mem = &mem,
-        };
-        for (int i = 0; i < 6; i++)
-            req.args[i] = notif->data.args[i];
+        struct kbox_req req;
+        kbox_req_init(&req, notif->data.nr, (const uint64_t *)notif->data.args, notif->data.instruction_pointer,
+                      KBOX_TIER_SECCOMP, &mem);
+        req.pid = req.tid = (int)notif->pid;
 
         memset(resp, 0, sizes.seccomp_notif_resp);
         resp->id = notif->id;
@@ -279,7 +255,7 @@ int kbox_seccomp_run(struct kbox_launch *L)
         struct kbox_answer ans;
         kbox_dispatch_enter(p, &req, &ans);
         if (ans.verdict == KBOX_RUN) {
-            bool noreturn = req.nr == __NR_exit || req.nr == __NR_exit_group;
+            bool noreturn = kbox_sc_props(req.nr) & KBOX_SC_NORETURN;
             /* Trace before answering: the caller's memory (paths, argv) is stable only
              * while it waits for us. */
             if (p->trace)

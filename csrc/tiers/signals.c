@@ -32,19 +32,17 @@
  *    program counter at the syscall instruction).
  */
 #include "tiers/signals.h"
-#include "tiers/trap.h"
+#include "tiers/runtime.h"
 #include "tiers/launch.h"
 #include "core/mem.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include "lib/hash.h"
 #include <linux/errno.h>
 #include <linux/mman.h>
 #include <linux/sched.h>
 #include <linux/signal.h>
 
-#ifndef SA_RESTORER
-#define SA_RESTORER 0x04000000
-#endif
 #ifndef SS_AUTODISARM
 #define SS_AUTODISARM (1U << 31)
 #endif
@@ -58,7 +56,6 @@ static uint8_t gact_set[NSIG_ + 1];
 struct kbox_ksigaction kbox_guest_sigsys;
 
 /* Arch code (arch/<arch>/launch/signals-<arch>.c, sigstack.S). */
-void kbox_guest_restorer(void);
 
 /* ---- per-thread records -------------------------------------------------------------- */
 
@@ -69,20 +66,7 @@ static uint64_t kstacks[KSTACKS_MAX];
 
 static uint64_t *kstack_slot(uint64_t base, bool insert)
 {
-    uint32_t h = (uint32_t)((base / KBOX_KSTACK_SIZE) * 2654435761u) % KSTACKS_MAX;
-    for (uint32_t n = 0; n < KSTACKS_MAX; n++, h = (h + 1) % KSTACKS_MAX) {
-        uint64_t v = __atomic_load_n(&kstacks[h], __ATOMIC_ACQUIRE);
-        if (v == base)
-            return &kstacks[h];
-        if (v == 0 || (insert && v == 1)) { /* 1: a freed slot, reusable */
-            if (!insert)
-                return NULL;
-            if (__atomic_compare_exchange_n(&kstacks[h], &v, base, false, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE))
-                return &kstacks[h];
-        }
-    }
-    return NULL;
+    return kbox_u64set_slot(kstacks, KSTACKS_MAX, base, insert);
 }
 
 struct kbox_thread *kbox_thread_self(void)
@@ -150,7 +134,7 @@ void kbox_thread_forget(struct kbox_thread *t)
 {
     uint64_t *slot = kstack_slot(t->base, false);
     if (slot)
-        __atomic_store_n(slot, 1, __ATOMIC_RELEASE);
+        kbox_u64set_remove(slot);
 }
 
 void kbox_thread_free(struct kbox_thread *t)
@@ -179,7 +163,7 @@ int kbox_signals_init(void (*sigsys_handler)(int, siginfo_t *, void *))
         .restorer = (uint64_t)(uintptr_t)kbox_sigreturn,
         .mask = 0,
     };
-    r = KSYS4(__NR_rt_sigaction, SIGSYS, &act, NULL, 8);
+    r = kbox_rt_sigaction(SIGSYS, &act, NULL);
     if (r < 0)
         return (int)r;
     uint64_t unblock = KBOX_SIGBIT(SIGSYS);
@@ -270,7 +254,7 @@ static long arm_wrapper(int sig, const struct kbox_ksigaction *a)
         .restorer = (uint64_t)(uintptr_t)kbox_sigreturn,
         .mask = a->mask & ~KBOX_SIGBIT(SIGSYS),
     };
-    return KSYS4(__NR_rt_sigaction, sig, &k, NULL, 8);
+    return kbox_rt_sigaction(sig, &k, NULL);
 }
 
 /* The kernel's disposition for every signal the program handles. */
@@ -316,7 +300,7 @@ void kbox_sig_guest_sigsys(siginfo_t *si, kbox_ucontext_t *uc)
     if (g.handler == (uint64_t)(uintptr_t)SIG_DFL) {
         /* Default action: die of SIGSYS, as the program would have. */
         struct kbox_ksigaction dfl = { (uint64_t)(uintptr_t)SIG_DFL, 0, 0, 0 };
-        KSYS4(__NR_rt_sigaction, SIGSYS, &dfl, NULL, 8);
+        kbox_rt_sigaction(SIGSYS, &dfl, NULL);
         KSYS3(__NR_tgkill, kbox_getpid(), kbox_gettid(), SIGSYS);
         return;
     }
@@ -345,7 +329,7 @@ void kbox_sig_leave_runtime(kbox_ucontext_t *uc, int nr, uint64_t arg0, uint64_t
 
 /* ---- the program's calls ----------------------------------------------------------------- */
 
-static const struct kbox_mem *mem(void) { return kbox_trap_mem(); }
+static const struct kbox_mem *mem(void) { return &kbox_rt.self_mem; }
 
 int64_t kbox_sig_action(int sig, uint64_t act_addr, uint64_t oact_addr, uint64_t size)
 {
@@ -358,7 +342,7 @@ int64_t kbox_sig_action(int sig, uint64_t act_addr, uint64_t oact_addr, uint64_t
     if (sig == SIGSYS) {
         old = kbox_guest_sigsys;
     } else {
-        long r = KSYS4(__NR_rt_sigaction, sig, NULL, &old, 8);
+        long r = kbox_rt_sigaction(sig, NULL, &old);
         if (r < 0)
             return r;
         if (gact_set[sig] && old.handler == (uint64_t)(uintptr_t)sig_wrapper)
@@ -377,7 +361,7 @@ int64_t kbox_sig_action(int sig, uint64_t act_addr, uint64_t oact_addr, uint64_t
         struct kbox_ksigaction k = nw;
         k.mask &= ~KBOX_SIGBIT(SIGSYS);
         gact_set[sig] = 0;
-        return KSYS4(__NR_rt_sigaction, sig, &k, NULL, 8);
+        return kbox_rt_sigaction(sig, &k, NULL);
     }
     gact[sig] = nw;
     gact_set[sig] = 1;

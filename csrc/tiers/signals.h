@@ -5,6 +5,8 @@
 #define KBOX_TIERS_SIGNALS_H
 
 #include "arch.h"
+#include "arch/interface.h"
+#include "lib/ksignal.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -58,52 +60,11 @@ int64_t kbox_sig_altstack(uint64_t ss_addr, uint64_t old_addr, uint64_t guest_sp
 void kbox_sig_before_sigreturn(uint64_t sp);
 
 /* The program's SIGSYS disposition (served virtually: the kernel's is kbox's handler). */
-struct kbox_ksigaction {
-    uint64_t handler;
-    uint64_t flags;
-    uint64_t restorer;
-    uint64_t mask;
-};
 extern struct kbox_ksigaction kbox_guest_sigsys;
 /* Delivers a SIGSYS that no trap caused (kill, tgkill) to the program's own handler. */
 void kbox_sig_guest_sigsys(siginfo_t *si, kbox_ucontext_t *uc);
 /* At the end of every SIGSYS the runtime served: restart the guest's call if a deferred
  * signal interrupted it (and its handler has SA_RESTART), deliver a pending SIGSYS. */
 void kbox_sig_leave_runtime(kbox_ucontext_t *uc, int nr, uint64_t arg0, uint64_t site);
-
-#define KBOX_SIGBIT(sig) (1ULL << ((sig) - 1))
-
-/* ---- arch/<arch>/launch/signals-<arch>.c: signal frames as the kernel lays them out ---- */
-struct kbox_frame_out {
-    uint64_t sp;            /* the handler's stack pointer at entry */
-    kbox_ucontext_t *uc;    /* the frame's ucontext (what rt_sigreturn restores) */
-    siginfo_t *si;          /* the frame's siginfo */
-    uint64_t fp;            /* aarch64: the frame record x29 points at */
-};
-/* Copies the frame the kernel built (si and uc, with their FP/vector state) to a new frame
- * below `top`, laid out as the kernel would lay it out there. */
-void kbox_arch_push_frame(const siginfo_t *si, const kbox_ucontext_t *uc, uint64_t top,
-                          struct kbox_frame_out *out);
-/* Makes `uc` (about to be returned to) enter `handler` on frame `fr`. */
-void kbox_arch_enter_handler(kbox_ucontext_t *uc, const struct kbox_frame_out *fr, uint64_t handler,
-                             int sig, uint64_t restorer);
-/* The ucontext rt_sigreturn reads when the program calls it with stack pointer `sp`. */
-kbox_ucontext_t *kbox_arch_sigreturn_uc(uint64_t sp);
-/* A context interrupted inside the rewrite tier's assembly paths is moved to the program's
- * own view: at the syscall site (or just past it) with the program's registers and stack
- * pointer; a restart the kernel set up becomes EINTR when the handler lacks SA_RESTART. */
-void kbox_arch_sig_adjust(kbox_ucontext_t *uc, bool sa_restart);
-/* True if `uc` stopped at a runtime syscall instruction that the kernel set up to restart. */
-bool kbox_arch_at_restarted_syscall(const kbox_ucontext_t *uc);
-/* Ends that syscall with -EINTR instead. */
-void kbox_arch_end_syscall_eintr(kbox_ucontext_t *uc);
-/* Sets `uc` to execute the program's syscall instruction at `site` again (number `nr`,
- * first argument `arg0`), as the kernel's restart does. */
-void kbox_arch_restart_at(kbox_ucontext_t *uc, uint64_t site, uint64_t nr, uint64_t arg0);
-/* Sets `uc` to continue at `pc` as after a syscall that returned `ret`. */
-void kbox_arch_syscall_return(kbox_ucontext_t *uc, uint64_t pc, uint64_t ret);
-/* noreturn: blocks every signal, unmaps [stack, stack+len) and exits the thread, touching
- * no memory after the unmap (a thread's last act: its kbox stack is what it runs on). */
-__attribute__((noreturn)) void kbox_exit_unmap(uint64_t stack, uint64_t len, int code);
 
 #endif

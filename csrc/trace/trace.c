@@ -676,7 +676,8 @@ static void put_arg(const struct ctx *c, struct kbox_buf *b, int i, int kind)
     case KA_OFF: kbox_buf_dec(b, (int64_t)v); break;
     case KA_UINT: kbox_buf_udec(b, v); break;
     case KA_FD:
-    case KA_PID: kbox_buf_dec(b, as_int(v)); break;
+    case KA_PID:
+    case KA_PIDSPEC: kbox_buf_dec(b, as_int(v)); break;
     case KA_DIRFD:
         if (as_int(v) == AT_FDCWD)
             kbox_buf_puts(b, "AT_FDCWD");

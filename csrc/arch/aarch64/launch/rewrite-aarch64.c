@@ -6,10 +6,10 @@
  * and the dispatcher never touches FP/SIMD/SVE state: -mgeneral-regs-only).  The number is
  * read from x8 at run time, so every svc #0 is rewritable. */
 #include "arch.h"
-#include "tiers/rewrite.h"
+#include "arch/interface.h"
 #include "lib/str.h"
 #include "lib/sys.h"
-#include "core/mem.h"
+#include "lib/self.h"
 
 struct kbox_rw_frame {
     uint64_t x[19];     /* x0..x18 */

@@ -9,8 +9,7 @@
  * end of kbox_rw_slow), whose interrupted contexts are mapped back to the program's. */
 #include "arch.h"
 #include "lib/str.h"
-#include "tiers/signals.h"
-#include "tiers/trap.h"
+#include "arch/interface.h"
 #include <stdbool.h>
 #include <asm/sigcontext.h>
 #include <linux/errno.h>
@@ -91,9 +90,8 @@ kbox_ucontext_t *kbox_arch_sigreturn_uc(uint64_t sp)
 }
 
 uint64_t kbox_arch_child_frame(const siginfo_t *si, const kbox_ucontext_t *uc, uint64_t newsp,
-                               const struct kbox_thread *child)
+                               stack_t ks)
 {
-    stack_t ks = kbox_thread_kstack(child);
     struct kbox_frame_out fr;
     kbox_arch_push_frame(si, uc, (uint64_t)(uintptr_t)ks.ss_sp + ks.ss_size, &fr);
     fr.uc->uc_mcontext.regs[0] = 0;

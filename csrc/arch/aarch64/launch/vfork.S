@@ -1,6 +1,6 @@
 /* vfork without a handler frame in the way; see the x86_64 version.  The result stays in
  * x0 (the marker call's first argument); x8 is restored by the handler. */
-#include "tiers/vfork.h"
+#include "arch/interface.h"
 
 	.section kbox_gate, "ax", %progbits
 	.globl kbox_vfork_stub

@@ -20,11 +20,10 @@
  */
 #include "arch.h"
 #include "decode.h"
-#include "tiers/rewrite.h"
+#include "arch/interface.h"
 #include "lib/str.h"
 #include "lib/sys.h"
-#include "core/mem.h"
-#include "tiers/maps.h"
+#include "lib/self.h"
 #include <linux/elf.h>
 
 struct kbox_rw_frame {

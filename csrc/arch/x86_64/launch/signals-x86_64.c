@@ -11,8 +11,7 @@
  * program's. */
 #include "arch.h"
 #include "lib/str.h"
-#include "tiers/signals.h"
-#include "tiers/trap.h"
+#include "arch/interface.h"
 #include <stdbool.h>
 #include <asm/sigcontext.h>
 #include <linux/errno.h>
@@ -77,9 +76,8 @@ void kbox_arch_enter_handler(kbox_ucontext_t *uc, const struct kbox_frame_out *f
 kbox_ucontext_t *kbox_arch_sigreturn_uc(uint64_t sp) { return (kbox_ucontext_t *)(uintptr_t)sp; }
 
 uint64_t kbox_arch_child_frame(const siginfo_t *si, const kbox_ucontext_t *uc, uint64_t newsp,
-                               const struct kbox_thread *child)
+                               stack_t ks)
 {
-    stack_t ks = kbox_thread_kstack(child);
     struct kbox_frame_out fr;
     kbox_arch_push_frame(si, uc, (uint64_t)(uintptr_t)ks.ss_sp + ks.ss_size, &fr);
     fr.uc->uc_mcontext.rsp = newsp;

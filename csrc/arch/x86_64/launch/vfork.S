@@ -6,7 +6,7 @@
  * runtime can find it and raise a marker syscall from outside the gate; its SIGSYS handler
  * restores the guest's resume address.  No stack memory below the guest's sp is used, so
  * the vfork child may use that stack as freely as it does natively. */
-#include "tiers/vfork.h"
+#include "arch/interface.h"
 
 	.section kbox_gate, "ax", @progbits
 	.globl kbox_vfork_stub

@@ -1,14 +1,28 @@
-#include "tiers/maps.h"
+#include "lib/self.h"
 #include "lib/str.h"
 #include "lib/sys.h"
+#include <linux/fcntl.h>
 #include <linux/mman.h>
+#include <linux/uio.h>
+
+long kbox_vm_rw(int nr, int pid, uint64_t addr, void *buf, size_t len)
+{
+    struct iovec local = { buf, len };
+    struct iovec remote = { (void *)(uintptr_t)addr, len };
+    return KSYS6(nr, pid, &local, 1, &remote, 1, 0);
+}
+
+long kbox_mem_read_self(uint64_t addr, void *buf, size_t len)
+{
+    return kbox_vm_rw(__NR_process_vm_readv, (int)kbox_getpid(), addr, buf, len);
+}
 
 /* Reads all of /proc/self/maps; returns its NUL-terminated text or NULL.  Static buffer:
  * callers hold the rewrite tier's patch lock. */
 static char *read_maps(void)
 {
     static char buf[64 * 1024];
-    long fd = kbox_openat(-100, "/proc/self/maps", 0, 0);
+    long fd = kbox_openat(AT_FDCWD, "/proc/self/maps", 0, 0);
     if (fd < 0)
         return NULL;
     long n = 0, r;
