@@ -19,9 +19,10 @@
 #define KBOX_FAST_ANY 1             /* passthrough */
 #define KBOX_FAST_UNLESS_OWN_FD 2   /* passthrough unless the first argument is kbox_own_fd[] */
 
+#include "arch/sysent.h"
+
 #ifndef __ASSEMBLER__
 #include "arch.h"
-#include "arch/sysent.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -65,6 +66,10 @@ struct kbox_rw_plan {
  * with the guest's saved registers. */
 void kbox_rewrite_slow(struct kbox_rw_frame *f, uint64_t site); /* tiers/trap.c */
 void kbox_rw_slow(struct kbox_rw_frame *f, uint64_t site);       /* arch */
+
+/* The launcher's C entry point (launch/main.c), which _start (launch/entry.S) calls with
+ * the kernel's initial stack. */
+__attribute__((noreturn)) void kbox_main(uint64_t *sp);
 
 /* ---- provided by arch/<arch>/: the rewrite tier ------------------------------------ */
 /* Hands the arch code the passthrough table (kbox_trap_fast: 1 = the dispatcher has
@@ -142,8 +147,8 @@ void kbox_guest_restorer(void);
 /* ---- provided by arch/<arch>/: gate and vfork entry points --------------------------- */
 long kbox_clone_gate(long nr, long a1, long a2, long a3, long a4, long a5, uint64_t child_frame);
 __attribute__((noreturn)) void kbox_enter_guest(uint64_t entry, uint64_t sp);
-/* vfork.S: the stub makes a prepared vfork from the gate; the marker reports its return. */
-extern uint64_t kbox_vfork_result;
+/* vfork.S: the stub makes a prepared vfork from the gate; the marker reports its return
+ * (the result: kbox_uc_vfork_result, arch.h). */
 void kbox_vfork_stub(void);
 void kbox_vfork_marker(void);
 extern const char kbox_vfork_marker_end[];

@@ -7,6 +7,9 @@
 #ifndef KBOX_ARCH_SYSENT_H
 #define KBOX_ARCH_SYSENT_H
 
+#define KBOX_NR_MAX 512        /* table size; every native number on both arches is below */
+
+#ifndef __ASSEMBLER__
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,7 +44,6 @@ struct kbox_sysent {
     uint8_t props;             /* KBOX_SC_* */
 };
 
-#define KBOX_NR_MAX 512        /* table size; every native number on both arches is below */
 
 /* Properties (KBOX_SC_*), from gen-sysent.py's PROPERTIES. */
 #define KBOX_SC_FRAME 0x01     /* in-process: needs the interrupted context (the SIGSYS frame):
@@ -60,5 +62,6 @@ static inline unsigned kbox_sc_props(int nr)
     const struct kbox_sysent *e = kbox_sysent(nr);
     return e ? e->props : 0;
 }
+#endif /* __ASSEMBLER__ */
 
 #endif

@@ -13,16 +13,17 @@
  * the program cannot be executed / is not found; 125 for kbox's own failures.
  */
 #include "tiers/launch.h"
+#include "arch/interface.h"
 #include "core/policy.h"
 #include "core/shared.h"
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include "trace/trace.h"
+#include <linux/errno.h>
 #include <linux/fcntl.h>
 #include <linux/resource.h>
 
-__attribute__((noreturn)) void kbox_main(uint64_t *sp);
 static __attribute__((noreturn)) void finish(int status);
 
 enum mode { MODE_SECCOMP, MODE_TRAP, MODE_NONE };
@@ -63,7 +64,7 @@ static void parse_deny(const char *spec)
         nr = kbox_syscall_number(name);
     if (nr < 0 || nr >= KBOX_NR_MAX || !kbox_syscall_name((int)nr))
         usage("--deny: unknown syscall ", name);
-    long err = 1; /* EPERM */
+    long err = EPERM;
     if (colon) {
         if (!kbox_parse_long(colon + 1, &err))
             err = kbox_errno_number(colon + 1);

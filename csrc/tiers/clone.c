@@ -30,7 +30,6 @@
  * the parent, finish the call (trace, virtual pid).  One vfork at a time per process: the
  * slot below is taken until the parent has resumed (the parent is suspended meanwhile, and
  * other threads that vfork wait on the futex). */
-uint64_t kbox_vfork_result;
 static struct {
     int32_t lock;          /* futex word: 0 free, 1 taken */
     int32_t owner_tgid;

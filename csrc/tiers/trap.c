@@ -41,10 +41,6 @@
 #define PR_SYS_DISPATCH_ON 1
 #define SYSCALL_DISPATCH_FILTER_BLOCK 1
 
-struct kbox_runtime kbox_rt;
-uint8_t kbox_trap_fast[KBOX_NR_MAX];
-int kbox_own_fd[2] = { -1, -1 };
-
 static int arm_sud(void);
 
 /* ---- serving ---------------------------------------------------------------------------- */

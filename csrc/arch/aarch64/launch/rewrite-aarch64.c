@@ -7,14 +7,11 @@
  * read from x8 at run time, so every svc #0 is rewritable. */
 #include "arch.h"
 #include "arch/interface.h"
+#include "launch/rw-frame.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include "lib/self.h"
 
-struct kbox_rw_frame {
-    uint64_t x[19];     /* x0..x18 */
-    uint64_t x30, nzcv, decision;
-};
 
 extern const uint8_t kbox_rw_tmpl_start[], kbox_rw_tmpl_site[], kbox_rw_tmpl_entry[];
 extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[];

@@ -10,6 +10,7 @@
 #include "arch.h"
 #include "lib/str.h"
 #include "arch/interface.h"
+#include "launch/rw-frame.h"
 #include <stdbool.h>
 #include <asm/sigcontext.h>
 #include <linux/errno.h>
@@ -18,12 +19,6 @@
 #define PSR_BTYPE_MASK 0x00000c00ULL
 #define PSR_NZCV_MASK 0xf0000000ULL
 
-/* The trampoline's frame (rewrite-tramp.S): x0..x18, x30, nzcv, decision, 176 bytes, placed
- * 304 bytes below the program's sp (the 128 bytes below sp are left alone). */
-struct tramp_frame { uint64_t x[19], x30, nzcv, decision; };
-#define KBOX_A64_TRAMP_SP 304
-_Static_assert(sizeof(struct tramp_frame) == 176 && sizeof(struct tramp_frame) + 128 == KBOX_A64_TRAMP_SP,
-               "trampoline frame layout");
 
 extern const uint8_t kbox_rw_a64_svc[], kbox_rw_slow_back[];
 
@@ -101,7 +96,7 @@ uint64_t kbox_arch_child_frame(const siginfo_t *si, const kbox_ucontext_t *uc, u
 }
 
 /* kbox_rw_a64_entry's passthrough path runs with x9 = the trampoline frame (the program's
- * x0..x18, x30, nzcv), x10 = the site, sp = the frame (the program's sp - 304):
+ * x0..x18, x30, nzcv), x10 = the site, sp = the frame (the program's sp - KBOX_RWF_SP_OFFSET):
  *   svc+0  svc #0          not run yet, or set up to restart (the two look alike here)
  *   svc+4  str x0, [x9]    done: x0 = result
  *   svc+8  ret             the frame holds the result
@@ -126,12 +121,12 @@ void kbox_arch_sig_adjust(kbox_ucontext_t *uc, bool sa_restart)
     uint64_t svc = (uint64_t)(uintptr_t)kbox_rw_a64_svc;
     if (m->pc < svc || m->pc > svc + 8)
         return;
-    const struct tramp_frame *f = (const struct tramp_frame *)(uintptr_t)m->regs[9];
+    const struct kbox_rw_frame *f = (const struct kbox_rw_frame *)(uintptr_t)m->regs[9];
     uint64_t site = m->regs[10], x0 = m->pc == svc + 4 ? m->regs[0] : f->x[0];
     for (int i = 0; i < 19; i++)
         m->regs[i] = f->x[i];
     m->regs[30] = f->x30;
-    m->sp = (uint64_t)(uintptr_t)f + KBOX_A64_TRAMP_SP;
+    m->sp = (uint64_t)(uintptr_t)f + KBOX_RWF_SP_OFFSET;
     m->pstate = (m->pstate & ~PSR_NZCV_MASK) | (f->nzcv & PSR_NZCV_MASK);
     if (m->pc != svc) {
         m->regs[0] = x0;

@@ -1,6 +1,8 @@
 /* The in-process runtime's stack switches (tiers/signals.h) and the rewrite trampolines'
  * entry.  In the gate section: their syscalls are the runtime's own. */
 #include <asm/unistd.h>
+#include "arch/interface.h"
+#include "launch/rw-frame.h"
 
 	.section kbox_gate, "ax", %progbits
 
@@ -12,14 +14,14 @@
 	.globl kbox_rw_a64_entry, kbox_rw_a64_svc
 	.type kbox_rw_a64_entry, %function
 kbox_rw_a64_entry:
-	ldr x8, [x0, #64]
-	cmp x8, #512                    /* KBOX_NR_MAX */
+	ldr x8, [x0, #KBOX_RWF_X8]
+	cmp x8, #KBOX_NR_MAX
 	b.hs 1f
 	adrp x9, kbox_trap_fast
 	add x9, x9, :lo12:kbox_trap_fast
 	ldrb w9, [x9, x8]
 	cbz w9, 1f                      /* 0: the slow path */
-	cmp w9, #1
+	cmp w9, #KBOX_FAST_ANY
 	b.eq 2f                         /* 1: passthrough */
 	ldr w11, [x0]                   /* 2: passthrough unless x0 is one of kbox_own_fd[] */
 	adrp x12, kbox_own_fd

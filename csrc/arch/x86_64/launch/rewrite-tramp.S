@@ -19,7 +19,9 @@
  * kbox_rewrite_slow there) on a 16-byte aligned stack, restore, and jump back past
  * the syscall.  If the dispatcher wants the call to take the trap path (clone, execve, ...),
  * the registers are restored and a `syscall` here — outside the gate — raises SIGSYS.
- * Frame, low to high: rbx r11 r10 r9 r8 rdi rsi rdx rcx rax flags decision [red zone]. */
+ * Frame, low to high: rbx r11 r10 r9 r8 rdi rsi rdx rcx rax flags decision [red zone]
+ * (launch/rw-frame.h: struct kbox_rw_frame starts at r11). */
+#include "launch/rw-frame.h"
 	.text
 	.globl kbox_rw_tmpl_start, kbox_rw_tmpl_site, kbox_rw_tmpl_entry
 	.globl kbox_rw_tmpl_jmp1, kbox_rw_tmpl_jmp2, kbox_rw_tmpl_end
@@ -44,14 +46,14 @@ kbox_rw_tmpl_fd0:                   /* 2: passthrough unless edi is one of kbox_
 kbox_rw_tmpl_fd1:
 	lea 0x7fffffff(%edi), %ecx      /* 67 8d 8f disp32: edi - own_fd[1] */
 	jrcxz 3f
-4:	lea -128(%rsp), %rsp
+4:	lea -KBOX_RW_REDZONE(%rsp), %rsp
 kbox_rw_tmpl_resume:
 	movabs $0x4444444444444444, %rcx   /* 48 b9 imm64: the resume address */
 	push %rcx
 kbox_rw_tmpl_gate:
 	movabs $0x5555555555555555, %rcx   /* 48 b9 imm64: kbox_rw_gate */
 	jmp *%rcx
-3:	lea -128(%rsp), %rsp            /* 48 8d 64 24 80 */
+3:	lea -KBOX_RW_REDZONE(%rsp), %rsp            /* 48 8d 64 24 80 */
 	push $0                         /* decision slot */
 	pushfq
 	push %rax
@@ -86,12 +88,12 @@ kbox_rw_tmpl_entry:
 	cmpq $0, 8(%rsp)
 	jne 1f
 	popfq
-	lea 136(%rsp), %rsp             /* decision slot + red zone */
+	lea KBOX_RWF_TAIL(%rsp), %rsp             /* decision slot + red zone */
 kbox_rw_tmpl_jmp1:
 	.byte 0xe9                      /* jmp rel32 -> resume */
 	.long 0
 1:	popfq
-	lea 136(%rsp), %rsp
+	lea KBOX_RWF_TAIL(%rsp), %rsp
 	syscall                         /* outside the gate: the trap path serves it */
 kbox_rw_tmpl_jmp2:
 	.byte 0xe9                      /* jmp rel32 -> resume */

@@ -21,14 +21,13 @@
 #include "arch.h"
 #include "decode.h"
 #include "arch/interface.h"
+#include "launch/rw-frame.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include "lib/self.h"
+#include <linux/fcntl.h>
 #include <linux/elf.h>
 
-struct kbox_rw_frame {
-    uint64_t r11, r10, r9, r8, rdi, rsi, rdx, rcx, rax, flags, decision;
-};
 
 extern const uint8_t kbox_rw_tmpl_start[], kbox_rw_tmpl_site[], kbox_rw_tmpl_entry[];
 extern const uint8_t kbox_rw_tmpl_jmp1[], kbox_rw_tmpl_jmp2[], kbox_rw_tmpl_end[];
@@ -111,7 +110,7 @@ static long read_sections(const char *path, struct sections *S)
 {
     if (!path[0])
         return -1;
-    long fd = kbox_openat(-100, path, 0, 0);
+    long fd = kbox_openat(AT_FDCWD, path, 0, 0);
     if (fd < 0)
         return -1;
     Elf64_Ehdr *eh = &S->eh;

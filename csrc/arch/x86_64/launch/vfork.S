@@ -1,4 +1,4 @@
-/* vfork without a handler frame in the way (see tiers/trap.c, "vfork").
+/* vfork without a handler frame in the way (see tiers/clone.c, "vfork").
  *
  * The SIGSYS handler returns to kbox_vfork_stub with the guest's registers and rax = the
  * vfork/clone number.  The stub lies in the gate, so the syscall is allowed.  Child and
@@ -27,5 +27,12 @@ kbox_vfork_marker:
 kbox_vfork_marker_end:
 	hlt
 	.size kbox_vfork_marker, . - kbox_vfork_marker
+
+	/* Where the stub leaves the call's result (x86_64: rax is the marker's number). */
+	.bss
+	.balign 8
+	.globl kbox_vfork_result
+kbox_vfork_result:
+	.quad 0
 
 	.section .note.GNU-stack, "", @progbits
