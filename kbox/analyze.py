@@ -19,7 +19,7 @@ instruction straddles a page boundary, and whether it is fork/vfork/clone/clone3
 Classes: WRAPPER is `mov $nr,%eax; syscall; ret` (`mov x8,#nr; svc #0; ret`), optionally
 with glibc's error check (`cmp $-4095,%rax; jae` / `cmp $-4096,%rax; ja`; aarch64
 `cmn x0,#1,lsl #12; b.hi`) between the syscall and the ret — the shape a 5-byte jump can
-replace when page 0 cannot be mapped. Everything else is COMPLEX.
+replace. Everything else is COMPLEX.
 
 JSON (`kbox analyze --json`, `Report.to_json()`), one object:
   program        the path as given
@@ -248,8 +248,6 @@ class KernelCaps:
     seccomp_trap: bool            # SECCOMP_RET_TRAP: the trap tier's source on both arches
     seccomp_user_notif: bool      # SECCOMP_RET_USER_NOTIF: the seccomp tier
     sud: bool                     # Syscall User Dispatch (needs CONFIG_GENERIC_ENTRY)
-    mmap_min_addr: int | None     # vm.mmap_min_addr, None if unreadable
-    page0_mappable: bool          # mmap_min_addr == 0, or CAP_SYS_RAWIO (we approximate: root)
     # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted on a real listener; None = probe failed.
     notify_sync_wakeup: bool | None = None
     # True once the rewrite tier is built for this host and passes its self-test.
@@ -312,12 +310,6 @@ def probe_kernel_caps(timeout: float = 10.0) -> KernelCaps:
             has_seccomp = any(line.startswith("Seccomp:") for line in f)
     except OSError:
         has_seccomp = False
-    mmap_min: int | None
-    try:
-        with open("/proc/sys/vm/mmap_min_addr") as f:
-            mmap_min = int(f.read().strip())
-    except (OSError, ValueError):
-        mmap_min = None
     uname = os.uname()
     machine = host_machine()
     probed = _probe_in_child(timeout)
@@ -329,8 +321,6 @@ def probe_kernel_caps(timeout: float = 10.0) -> KernelCaps:
         seccomp_user_notif="user_notif" in actions,
         # SUD exists only on x86_64 among our targets (Debian arm64 kernels lack GENERIC_ENTRY).
         sud=probed.get("sud") == 0,
-        mmap_min_addr=mmap_min,
-        page0_mappable=mmap_min == 0 or os.geteuid() == 0,
         notify_sync_wakeup=(probed["sync_wakeup"] == 0) if "sync_wakeup" in probed else None,
         # The rewrite tier is trap plus lazy patching: available wherever trap is, with the
         # C core built for this machine.

@@ -97,7 +97,7 @@ def GUESTS(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def _caps(**kw: object) -> KernelCaps:
     base = {"machine": "x86_64", "release": "6.12", "seccomp_filter": True, "seccomp_trap": True,
-                "seccomp_user_notif": True, "sud": True, "mmap_min_addr": 0, "page0_mappable": True,
+                "seccomp_user_notif": True, "sud": True,
                 "notify_sync_wakeup": True, "rewrite_available": False}
     base.update(kw)
     return KernelCaps(**base)  # type: ignore[arg-type]
@@ -249,8 +249,6 @@ def test_auto_decision_rules(tmp_path: Path) -> None:
 def test_kernel_probe_reads_this_host() -> None:
     caps = A.probe_kernel_caps()
     assert caps.machine == host_machine()
-    with open("/proc/sys/vm/mmap_min_addr") as f:
-        assert caps.mmap_min_addr == int(f.read())
     with open("/proc/sys/kernel/seccomp/actions_avail") as f:
         assert caps.seccomp_trap == ("trap" in f.read().split())
     # The rewrite tier is the trap tier plus patching: available exactly where trap is.

@@ -44,8 +44,3 @@ def test_seccomp_sync_wakeup_only_on_6_12(vm: Any, vm_pool: Any,
     # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP arrived in 6.6; 6.1 rejects the ioctl with EINVAL.
     want = 0 if vm_target[1] == "6.12" else errno.EINVAL
     assert _features(vm, vm_pool)["sync_wakeup"] == want
-
-
-def test_page_zero_is_mappable_in_the_guest(vm: Any, vm_pool: Any) -> None:
-    # The image's init sets vm.mmap_min_addr=0 for the rewrite tier's page-0 trampoline.
-    assert _features(vm, vm_pool)["mmap_min_addr"] == 0

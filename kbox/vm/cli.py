@@ -88,15 +88,9 @@ def sync_wakeup():
         return ctypes.get_errno()
     return 0
 
-def min_addr():
-    try:
-        return int(open("/proc/sys/vm/mmap_min_addr").read())
-    except OSError:
-        return -1
-
 print(json.dumps({"machine": platform.machine(), "release": platform.release(),
                   "sud": in_child(sud), "user_notif": in_child(user_notif),
-                  "sync_wakeup": in_child(sync_wakeup), "mmap_min_addr": min_addr()}))
+                  "sync_wakeup": in_child(sync_wakeup)}))
 '''
 
 
@@ -310,11 +304,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _check(feats["sud"] == 0 or None, "Syscall User Dispatch", errno_name(feats["sud"])
            + ("" if feats["sud"] == 0 else
               " (needs CONFIG_GENERIC_ENTRY; the trap tier uses seccomp RET_TRAP instead)"))
-    mma = feats["mmap_min_addr"]
-    _check(mma == 0 or os.geteuid() == 0 or None, "vm.mmap_min_addr", str(mma)
-           + ("" if mma == 0 or os.geteuid() == 0 else
-              " (the page-0 rewrite trampoline needs 0 or CAP_SYS_RAWIO; "
-              "`sysctl -w vm.mmap_min_addr=0`, else rewrite falls back)"))
     print("doctor: " + ("everything needed is present" if good else "gaps found (see fix:)"))
     return 0 if good else 1
 
