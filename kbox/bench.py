@@ -22,8 +22,9 @@ from typing import Any, Sequence
 
 from kbox import native
 from kbox.errors import UserError
+from kbox.tiers import AUTO, REWRITE, TIERS, TRAP
 
-DEFAULT_MODES = ("native", "seccomp", "trap", "rewrite", "auto")
+DEFAULT_MODES = ("native", *TIERS, AUTO)
 # Also accepted: the trap tier with Syscall User Dispatch as its SIGSYS source (x86_64).
 # floor-trap / floor-notify / floor-filter: no kbox at all, just the bare mechanism a tier is
 # built on (kbox-bench --floor), so each tier's figure can be read against its floor from one
@@ -110,9 +111,9 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[st
     from kbox import runner  # the launcher's argv contract lives with `kbox run`
 
     if mode == "trap-sud":
-        return list(runner.launch_argv(bench_path, list(bench_args), mode="trap", trap_backend="sud"))
+        return list(runner.launch_argv(bench_path, list(bench_args), mode=TRAP, trap_backend="sud"))
     if mode == "rewrite-nopromote":
-        argv = list(runner.launch_argv(bench_path, list(bench_args), mode="rewrite"))
+        argv = list(runner.launch_argv(bench_path, list(bench_args), mode=REWRITE))
         return [argv[0], "--no-promote", *argv[1:]]
     return list(runner.launch_argv(bench_path, list(bench_args), mode=mode))
 

@@ -7,6 +7,7 @@ import sys
 
 from kbox import __version__
 from kbox.errors import UserError
+from kbox.tiers import AUTO, IN_PROCESS, MODES, SECCOMP, TRAP_BACKENDS
 
 EPILOG = """\
 examples:
@@ -39,9 +40,9 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "  auto     rewrite where it is correct, seccomp for setuid programs or kernels without\n"
         "           SECCOMP_RET_TRAP (see `kbox analyze PROG`)\n",
     )
-    p.add_argument("--syscall-mode", choices=("auto", "seccomp", "trap", "rewrite"), default="auto",
+    p.add_argument("--syscall-mode", choices=MODES, default=AUTO,
                    help="interception tier (default: auto)")
-    p.add_argument("--trap-backend", choices=("seccomp", "sud"), default=None,
+    p.add_argument("--trap-backend", choices=TRAP_BACKENDS, default=None,
                    help="what raises SIGSYS in the trap tier (default: seccomp RET_TRAP)")
     p.add_argument("--trace", action="store_true", help="print one line per syscall, strace-style")
     p.add_argument("--trace-format", choices=("text", "json"), default="text",
@@ -71,12 +72,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = elfinfo.resolve_program(command[0])
     elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
     mode = args.syscall_mode
-    if mode == "auto":
+    if mode == AUTO:
         mode, _reason = runner.auto_mode(path, virtual_pid=args.virtual_pid)
-    if mode == "seccomp" and args.virtual_pid:
+    if mode == SECCOMP and args.virtual_pid:
         raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
                         "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)
-    if args.trap_backend and mode not in ("trap", "rewrite"):
+    if args.trap_backend and mode not in IN_PROCESS:
         raise UserError("kbox run: --trap-backend applies to the in-process tiers (trap, rewrite) only", 2)
     argv = runner.launch_argv(
         path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,

@@ -12,9 +12,7 @@ from functools import lru_cache
 
 from kbox import native
 from kbox.errors import UserError
-
-MODES = ("auto", "seccomp", "trap", "rewrite")
-TRAP_BACKENDS = ("seccomp", "sud")
+from kbox.tiers import AUTO, LAUNCHER_MODES, MODES
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +46,7 @@ def launch_argv(
     prog: str,
     args: Sequence[str],
     *,
-    mode: str = "auto",
+    mode: str = AUTO,
     trace: bool = False,
     trace_format: str = "text",
     trace_output: str | None = None,
@@ -60,9 +58,9 @@ def launch_argv(
     argv0: str | None = None,
 ) -> list[str]:
     """The argv of kbox-launch running `prog args...` under `mode`."""
-    if mode == "auto":
+    if mode == AUTO:
         mode, _ = auto_mode(prog, virtual_pid=virtual_pid)
-    if mode not in ("seccomp", "trap", "rewrite", "none"):
+    if mode not in LAUNCHER_MODES:
         raise UserError(f"kbox: unknown syscall mode {mode!r} (choose from {', '.join(MODES)})", 2)
     cmd = [str(native.launcher_path()), f"--syscall-mode={mode}"]
     if trap_backend:

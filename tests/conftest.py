@@ -17,12 +17,14 @@ from typing import Iterator, Sequence
 import pytest
 from filelock import FileLock
 
+from kbox.tiers import AUTO, TIERS
+
 REPO = Path(__file__).resolve().parents[1]
 GUEST_SRC = REPO / "tests" / "guest"
 
-# Modes every end-to-end test runs under.  Add "rewrite" and "auto" here when they exist;
-# KBOX_TEST_MODES (comma-separated) overrides for a one-off run.
-MODES: list[str] = [m for m in os.environ.get("KBOX_TEST_MODES", "seccomp,trap,rewrite,auto").split(",")
+# Modes every end-to-end test runs under: every tier and auto; KBOX_TEST_MODES
+# (comma-separated) overrides for a one-off run.
+MODES: list[str] = [m for m in os.environ.get("KBOX_TEST_MODES", ",".join((*TIERS, AUTO))).split(",")
                     if m]
 
 # Generous: the seccomp tier makes every syscall a round trip through the supervisor.

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from conftest import run, run_mode  # type: ignore[import-not-found]
+from kbox.tiers import TIERS
 
 ROUTES = ["libc getpid", "raw syscall instruction", "run-time generated code",
           "after an allow-all filter", "with SIGSYS blocked", "after process_vm_writev"]
 
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
-@pytest.mark.parametrize("mode", ["seccomp", "trap", "rewrite"])
+@pytest.mark.parametrize("mode", TIERS)
 def test_every_route_to_getpid_is_interposed(mode: str, kind: str, guest_dir: Path,
                                               guest_env: dict[str, str]) -> None:
     prog = str(guest_dir / f"escape-{kind}")

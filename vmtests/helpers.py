@@ -6,6 +6,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from kbox.tiers import AUTO, REWRITE, SECCOMP, TRAP
+
 REPO = Path(__file__).resolve().parents[1]
 GUEST_SOURCES = REPO / "tests" / "guest"
 
@@ -66,8 +68,8 @@ def guest_launcher(vm: Any, pool: Any, tier: str) -> tuple[str, str]:
 
 # seccomp and trap are the tiers every kbox has; rewrite and auto are tested once the
 # guest's `kbox run --help` lists them (skipped, with that reason, before).
-REQUIRED_TIERS = ("seccomp", "trap")
-OPTIONAL_TIERS = ("rewrite", "auto")
+REQUIRED_TIERS = (SECCOMP, TRAP)
+OPTIONAL_TIERS = (REWRITE, AUTO)
 
 
 def guest_tiers(vm: Any, pool: Any) -> tuple[set[str], Any]:

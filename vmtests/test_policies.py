@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
+from kbox.tiers import IN_PROCESS
 from vmtests.helpers import describe
-
-IN_PROCESS = ("trap", "rewrite")
 
 
 @pytest.mark.parametrize("tier", IN_PROCESS)
