@@ -70,10 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise UserError("kbox run: missing program (usage: kbox run [options] -- PROG [ARGS...])", 2)
     path = elfinfo.resolve_program(command[0])
-    elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
+    info = elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
     mode = args.syscall_mode
     if mode == AUTO:
-        mode, _reason = runner.auto_mode(path, virtual_pid=args.virtual_pid)
+        mode = runner.auto_mode(path, info=info).mode
     if mode == SECCOMP and args.virtual_pid:
         raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
                         "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)

@@ -13,7 +13,7 @@ ELFs), so the header checks are our own explicit ones, done before pyelftools is
 anything, and any exception pyelftools still raises is converted: never a traceback.
 
 `parse_elf(path)` is the structural part alone (no permission, host-architecture or
-interpreter-existence checks); `kbox.analyze` uses it for foreign-architecture files.
+interpreter-existence checks); `kbox analyze` uses it for foreign-architecture files.
 """
 from __future__ import annotations
 

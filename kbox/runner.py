@@ -6,40 +6,20 @@ stdout, stderr, terminal, signals and exit status pass through untouched.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from functools import lru_cache
 
-from kbox import native
+from kbox import elfinfo, native
+from kbox.decide import Decision, decide_tier
 from kbox.errors import UserError
+from kbox.kernel_caps import tier_support
 from kbox.tiers import AUTO, LAUNCHER_MODES, MODES
 
 
-@lru_cache(maxsize=1)
-def _seccomp_actions() -> frozenset[str]:
-    try:
-        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
-            return frozenset(f.read().split())
-    except OSError:
-        return frozenset()
-
-
-def auto_mode(path: str, *, virtual_pid: bool = False) -> tuple[str, str]:
-    """(mode, reason) for --syscall-mode=auto.
-
-    Mirrors kbox.analyze.decide_mode for the facts that need no disassembly, so `kbox run`
-    decides in microseconds; `kbox analyze` explains the same decision in full.  (The only
-    analysis blocker, 32-bit `int 0x80` sites, makes a program fail under every tier: the
-    filters kill a foreign-ABI syscall.)
-    """
-    st = os.stat(path)
-    if st.st_mode & 0o6000:
-        return "seccomp", "setuid/setgid program: only the out-of-process supervisor fits"
-    actions = _seccomp_actions()
-    if "trap" not in actions:
-        return "seccomp", "the kernel lacks SECCOMP_RET_TRAP, which the in-process tiers need"
-    return "rewrite", ("in-process: sites are rewritten to branch into the interposer on first "
-                       "use; the trap path serves whatever cannot be rewritten")
+def auto_mode(path: str, *, info: elfinfo.ElfInfo | None = None) -> Decision:
+    """(mode, reason) for --syscall-mode=auto: kbox.decide on the cheap facts alone (the ELF
+    headers, set[ug]id bits, /proc), so `kbox run` decides without disassembling anything.
+    `info` is the program's elfinfo.inspect(), when the caller has it already."""
+    return decide_tier(info or elfinfo.inspect(path), tier_support())
 
 
 def launch_argv(
@@ -59,7 +39,7 @@ def launch_argv(
 ) -> list[str]:
     """The argv of kbox-launch running `prog args...` under `mode`."""
     if mode == AUTO:
-        mode, _ = auto_mode(prog, virtual_pid=virtual_pid)
+        mode = auto_mode(prog).mode
     if mode not in LAUNCHER_MODES:
         raise UserError(f"kbox: unknown syscall mode {mode!r} (choose from {', '.join(MODES)})", 2)
     cmd = [str(native.launcher_path()), f"--syscall-mode={mode}"]

@@ -1,4 +1,5 @@
-"""kbox.analyze: syscall sites in real libcs (both architectures), controlled asm, auto.
+"""kbox.analyze and kbox.sitescan: syscall sites in real libcs (both architectures),
+controlled asm, and the auto decision with what the analysis found (kbox.decide).
 
 Facts verified with objdump on this machine (Debian 12, libc6 2.36-9+deb12u14):
 - x86_64 libc.so.6: getpid is `mov $0x27,%eax; syscall; ret` at 0xd54e0 (aliases getpid and
@@ -20,9 +21,12 @@ import pytest
 from elf_corpus import corpus
 
 from kbox import analyze as A
-from kbox.analyze import COMPLEX, WRAPPER, KernelCaps, analyze, analyze_object, decide_mode
+from kbox import sitescan
+from kbox.analyze import analyze
 from kbox.elfinfo import host_machine
 from kbox.errors import UserError
+from kbox.kernel_caps import KernelCaps
+from kbox.sitescan import COMPLEX, WRAPPER, analyze_object
 
 LIBC_X86 = "/lib/x86_64-linux-gnu/libc.so.6"
 LIBC_A64 = "/usr/aarch64-linux-gnu/lib/libc.so.6"
@@ -97,14 +101,14 @@ def GUESTS(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def _caps(**kw: object) -> KernelCaps:
     base = {"machine": "x86_64", "release": "6.12", "seccomp_filter": True, "seccomp_trap": True,
-                "seccomp_user_notif": True, "sud": True,
-                "notify_sync_wakeup": True, "rewrite_available": False}
+                "seccomp_user_notif": True, "sud": True, "notify_sync_wakeup": True,
+                "rewrite_available": False}
     base.update(kw)
     return KernelCaps(**base)  # type: ignore[arg-type]
 
 
-def _by_symbol(rep: A.ObjectReport) -> dict[str, list[A.Site]]:
-    out: dict[str, list[A.Site]] = {}
+def _by_symbol(rep: sitescan.ObjectReport) -> dict[str, list[sitescan.Site]]:
+    out: dict[str, list[sitescan.Site]] = {}
     for s in rep.sites:
         out.setdefault(s.symbol or "?", []).append(s)
     return out
@@ -148,7 +152,7 @@ def test_x86_sites_are_classified(GUESTS: dict[str, str]) -> None:
 def test_int80_blocks_rewrite(GUESTS: dict[str, str]) -> None:
     r = analyze(GUESTS["x86"])
     assert any("int 0x80" in b for b in r.rewrite_blockers)
-    mode, reason = decide_mode(r, _caps(rewrite_available=True))
+    mode, reason = r.decide(_caps(rewrite_available=True))
     assert mode == "trap" and "int 0x80" in reason
 
 
@@ -222,7 +226,7 @@ def test_dynamic_program_includes_interpreter_and_libc() -> None:
 
 @needs_x86
 def test_python3_and_libc_analyse_in_under_5_seconds() -> None:
-    A.clear_cache()
+    sitescan.clear_cache()
     t0 = time.monotonic()
     r = analyze("/usr/bin/python3")
     elapsed = time.monotonic() - t0
@@ -235,24 +239,15 @@ def test_python3_and_libc_analyse_in_under_5_seconds() -> None:
 @needs_x86
 def test_auto_decision_rules(tmp_path: Path) -> None:
     r = analyze("/bin/true")
-    assert decide_mode(r, _caps())[0] == "trap"
-    assert decide_mode(r, _caps(rewrite_available=True))[0] == "rewrite"
-    mode, reason = decide_mode(r, _caps(seccomp_trap=False))
+    assert r.decide(_caps())[0] == "trap"
+    assert r.decide(_caps(rewrite_available=True))[0] == "rewrite"
+    mode, reason = r.decide(_caps(seccomp_trap=False))
     assert mode == "seccomp" and "RET_TRAP" in reason
     su = tmp_path / "su"
     shutil.copy("/bin/true", su)
     os.chmod(su, 0o4755)
-    mode, reason = decide_mode(analyze(str(su)), _caps(rewrite_available=True))
+    mode, reason = analyze(str(su)).decide(_caps(rewrite_available=True))
     assert mode == "seccomp" and "setuid" in reason
-
-
-def test_kernel_probe_reads_this_host() -> None:
-    caps = A.probe_kernel_caps()
-    assert caps.machine == host_machine()
-    with open("/proc/sys/kernel/seccomp/actions_avail") as f:
-        assert caps.seccomp_trap == ("trap" in f.read().split())
-    # The rewrite tier is the trap tier plus patching: available exactly where trap is.
-    assert caps.rewrite_available == caps.seccomp_trap
 
 
 # ---- output and CLI -------------------------------------------------------------------

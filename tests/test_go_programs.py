@@ -114,7 +114,7 @@ def test_go_program_reports_a_failure_with_a_fail_line_and_status_1(go_bin: Path
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="Syscall User Dispatch: x86_64 only")
 def test_go_program_with_preempted_goroutines_runs_like_native_under_sud(
         go_bin: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    from kbox.analyze import probe_kernel_caps
+    from kbox.kernel_caps import probe_kernel_caps
 
     if not probe_kernel_caps().sud:
         pytest.skip("this kernel has no Syscall User Dispatch (needs CONFIG_GENERIC_ENTRY)")

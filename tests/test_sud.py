@@ -15,7 +15,7 @@ from test_e2e_guest import normalized  # type: ignore[import-not-found]
 
 @lru_cache(maxsize=1)
 def _sud_available() -> bool:
-    from kbox.analyze import probe_kernel_caps
+    from kbox.kernel_caps import probe_kernel_caps
 
     return probe_kernel_caps().sud
 

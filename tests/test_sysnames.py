@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def c_table(arch: str) -> dict[int, str]:
     text = (REPO / f"csrc/arch/{arch}/sysent.c").read_text()
-    return {int(nr): name for nr, name in re.findall(r'^\s+\[(\d+)\] = \{ "(\w+)"', text, re.M)}
+    return {int(nr): name for nr, name in re.findall(r'^\s+\[(\d+)\] = \{ "(\w+)"', text, re.MULTILINE)}
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])

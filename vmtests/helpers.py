@@ -57,7 +57,7 @@ def guest_launcher(vm: Any, pool: Any, tier: str) -> tuple[str, str]:
     key = ((vm.image.arch, vm.image.kernel), "launcher")
     if key not in pool.cache:
         res = vm.run("python3 -c 'from kbox import native, runner; "
-                     "print(native.launcher_path()); print(runner.auto_mode(\"/bin/true\")[0])'",
+                     "print(native.launcher_path()); print(runner.auto_mode(\"/bin/true\").mode)'",
                      timeout=60)
         lines = res.stdout.split()
         assert res.exit_status == 0 and len(lines) == 2, f"cannot locate kbox-launch: {res}"

@@ -7,7 +7,7 @@ import json
 import shlex
 from typing import Any
 
-from kbox.vm.cli import FEATURE_PROBE
+from kbox.kernel_caps import FEATURE_PROBE
 from vmtests.helpers import describe
 
 

@@ -7,7 +7,6 @@ UserError (one line); VM failures are turned into UserError with the console log
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kbox.errors import UserError
+from kbox.kernel_caps import FeatureProbeFailed, run_feature_probe
 from kbox.vm.accel import ACCELS, host_can_kvm, resolve_accel
 from kbox.vm.arch import ARCHES, KERNELS, Arch
 from kbox.vm.machine import VM, VMError, stream_sinks
@@ -27,84 +27,25 @@ from kbox.vm.machine import VM, VMError, stream_sinks
 DEFAULT_KERNEL = KERNELS[-1]
 GDB_GUEST_PORT = 1234
 
-# A self-contained probe of the kernel features the tiers depend on. It runs on the host
-# (`kbox doctor`) and inside every guest (vmtests ship it over SSH), so both report the
-# same facts the same way. Each probe runs in a forked child: a filter or a dispatch
-# setting must not stay on in the prober. Prints one JSON object; values are 0 (works)
-# or the errno the kernel answered.
-FEATURE_PROBE = r'''
-import ctypes, errno, json, os, platform, struct
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-SECCOMP_NR = {"x86_64": 317, "aarch64": 277}[platform.machine()]
-PR_SET_NO_NEW_PRIVS, PR_SET_SYSCALL_USER_DISPATCH = 38, 59
-SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 1 << 3
-SECCOMP_IOCTL_NOTIF_SET_FLAGS = 0x40082104   # _IOW('!', 4, __u64)
-SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
-
-def in_child(fn):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            res = fn()
-        except BaseException:
-            res = -1
-        os.write(w, str(res).encode()); os._exit(0)
-    os.close(w)
-    out = os.read(r, 64).decode(); os.close(r); os.waitpid(pid, 0)
-    return int(out) if out else -1
-
-def sud():
-    sel = ctypes.c_char(b"\0")   # SYSCALL_DISPATCH_FILTER_ALLOW: nothing is diverted
-    if libc.prctl(PR_SET_SYSCALL_USER_DISPATCH, 1, 0, 0, ctypes.addressof(sel)) != 0:
-        return ctypes.get_errno()
-    libc.prctl(PR_SET_SYSCALL_USER_DISPATCH, 0, 0, 0, 0)
-    return 0
-
-def listener():
-    ins = struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000)          # ret SECCOMP_RET_ALLOW
-    buf = ctypes.create_string_buffer(ins)
-    prog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf))   # struct sock_fprog
-    pbuf = ctypes.create_string_buffer(prog)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return -ctypes.get_errno()
-    fd = libc.syscall(SECCOMP_NR, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                      pbuf)
-    return fd if fd >= 0 else -ctypes.get_errno()
-
-def user_notif():
-    fd = listener()
-    return 0 if fd >= 0 else -fd
-
-def sync_wakeup():
-    fd = listener()
-    if fd < 0:
-        return -fd
-    libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
-    if libc.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) != 0:
-        return ctypes.get_errno()
-    return 0
-
-print(json.dumps({"machine": platform.machine(), "release": platform.release(),
-                  "sud": in_child(sud), "user_notif": in_child(user_notif),
-                  "sync_wakeup": in_child(sync_wakeup)}))
-'''
-
-
 def errno_name(code: int) -> str:
     import errno as errno_mod
     return "ok" if code == 0 else errno_mod.errorcode.get(code, f"errno {code}")
 
 
 # -- shared option handling --------------------------------------------------------------
-def _add_vm_options(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
-    p.add_argument("--arch", choices=sorted(ARCHES), required=arch_required,
-                   help="guest architecture")
-    p.add_argument("--kernel", choices=KERNELS, default=DEFAULT_KERNEL,
-                   help=f"guest kernel series (default {DEFAULT_KERNEL})")
+def _add_vm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=sorted(ARCHES),
+                   help="guest architecture (required, except with --kernel-image: its own)")
+    p.add_argument("--kernel", metavar="VERSION",
+                   help=f"Debian kernel: a series ({', '.join(KERNELS)}: its newest) or any "
+                        f"version `kbox vm images --list-kernels` shows, e.g. 6.1.0-50 "
+                        f"(default {DEFAULT_KERNEL})")
+    p.add_argument("--kernel-image", type=Path, metavar="PATH",
+                   help="boot a local kernel build instead: bzImage or vmlinux (x86_64), "
+                        "Image or Image.gz (aarch64)")
+    p.add_argument("--modules", type=Path, metavar="DIR",
+                   help="with --kernel-image: its modules (lib/modules/<release>, or a "
+                        "directory holding it, e.g. make modules_install INSTALL_MOD_PATH=DIR)")
     p.add_argument("--accel", choices=ACCELS, default="auto",
                    help="accelerator: kvm only if a probe guest runs (default auto)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the guest image first")
@@ -112,11 +53,23 @@ def _add_vm_options(p: argparse.ArgumentParser, arch_required: bool = True) -> N
 
 def _image(args: argparse.Namespace) -> Any:
     try:
-        from kbox.vm.images import ensure_image
+        from kbox.vm import images
     except ImportError as exc:
         raise UserError(f"the guest image builder is unavailable: {exc}", 3) from exc
-    return ensure_image(args.arch, args.kernel, rebuild=getattr(args, "rebuild", False),
-                        progress=True)
+    if args.kernel_image is not None:
+        if args.kernel is not None:
+            raise UserError("--kernel and --kernel-image exclude each other", 2)
+        img = images.ensure_local_image(args.kernel_image, args.arch, args.modules,
+                                        progress=True)
+        args.arch = img.arch
+        return img
+    if args.modules is not None:
+        raise UserError("--modules goes with --kernel-image", 2)
+    if args.arch is None:
+        raise UserError("--arch is required (x86_64 or aarch64), unless --kernel-image names "
+                        "the kernel", 2)
+    return images.ensure_image(args.arch, args.kernel or DEFAULT_KERNEL,
+                               rebuild=getattr(args, "rebuild", False), progress=True)
 
 
 def _vm_error(exc: VMError) -> UserError:
@@ -142,7 +95,7 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
     try:
         with VM(image, accel=args.accel) as vm:
             if args.verbose:
-                print(f"kbox: {vm.name} ready in {vm.boot_seconds:.2f} s "
+                print(f"kbox: {vm.name} ({image.kernel_version}) ready in {vm.boot_seconds:.2f} s "
                       f"(ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
             res = vm.run(shlex.join(command), timeout=args.timeout, **stream_sinks())
             # An initramfs guest has no state worth a clean poweroff: kill saves ~0.5 s.
@@ -253,6 +206,8 @@ def cmd_vm_images(args: argparse.Namespace) -> int:
         raise UserError(f"the guest image builder is unavailable: {exc}", 3) from exc
     arches = [args.arch] if args.arch else sorted(ARCHES)
     kernels = [args.kernel] if args.kernel else list(KERNELS)
+    if args.list_kernels:
+        return _list_kernels(arches)
     if args.clean:
         n = images.clean_images(args.arch, args.kernel)
         print(f"kbox: removed {n} cache entr{'y' if n == 1 else 'ies'}")
@@ -269,8 +224,23 @@ def cmd_vm_images(args: argparse.Namespace) -> int:
     if not rows:
         print("kbox: no cached images (build them with `kbox vm images --build`)")
     for r in rows:
-        print(f"{r['kind']:5} {r['arch']:8} {r['kernel']:5} {r['size'] / 2**20:7.1f} MiB "
-              f"{r['state']:8} {r['path']}")
+        print(f"{r['kind']:5} {r['arch']:8} {r['kernel']:8} {r['kernel_version']:24} "
+              f"{r['size'] / 2**20:7.1f} MiB {r['state']:8} {r['path']}")
+    return 0
+
+
+def _list_kernels(arches: list[str]) -> int:
+    """The Debian kernels apt's configured suites carry, per arch (what --kernel accepts)."""
+    from kbox.vm import kernels as kmod
+    print(f"{'arch':8} {'version':20} {'package version':22} {'suite':20} --kernel")
+    for name in arches:
+        cat = kmod.catalogue(ARCHES[name])
+        newest = {s: kmod.newest(cat, s) for s in KERNELS}
+        for k in cat:
+            alias = [s + (" (default)" if s == DEFAULT_KERNEL else "")
+                     for s, n in newest.items() if n == k]
+            print(f"{name:8} {k.version:20} {k.package_version:22} {k.suite:20} "
+                  f"{', '.join(alias) or k.version}")
     return 0
 
 
@@ -288,10 +258,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for arch in ARCHES.values():
         good &= _doctor_arch(arch, host)
     try:
-        out = subprocess.run([sys.executable, "-c", FEATURE_PROBE], capture_output=True,
-                             text=True, timeout=20)
-        feats = json.loads(out.stdout)
-    except (subprocess.TimeoutExpired, ValueError) as exc:
+        feats = run_feature_probe(timeout=20)
+    except FeatureProbeFailed as exc:
         good &= _check(False, "kernel feature probe", f"failed: {exc}")
         return 0 if good else 1
     good &= _check(feats["user_notif"] == 0, "seccomp user-notify",
@@ -362,8 +330,12 @@ def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     g.add_argument("--list", action="store_true", help="list cached images (default)")
     g.add_argument("--build", action="store_true", help="build missing images")
     g.add_argument("--clean", action="store_true", help="delete the image cache")
+    g.add_argument("--list-kernels", action="store_true",
+                   help="list the Debian kernel versions --kernel accepts, per arch")
     images.add_argument("--arch", choices=sorted(ARCHES))
-    images.add_argument("--kernel", choices=KERNELS)
+    images.add_argument("--kernel", metavar="VERSION",
+                        help="a series or a version (see --list-kernels); with --clean: as "
+                             "--list shows it, or 'local'")
     images.add_argument("--rebuild", action="store_true", help="with --build: rebuild anyway")
     images.set_defaults(func=cmd_vm_images)
 
