@@ -19,6 +19,10 @@ away from them.
   so with -n auto one worker builds and the others wait, then reuse the verified entry.
 - A failing VM test gets a "kbox VM" report section: console tail, dmesg, log path.
 - The terminal summary ends with the arch x kernel x tier matrix.
+
+The options are this conftest's own hook (pytest asks for them before any plugin is
+configured); everything else is one plugin object, VMPlugin, that pytest_configure
+registers once per process, with its per-run state in config.stash.
 """
 from __future__ import annotations
 
@@ -29,19 +33,30 @@ from typing import Any
 
 import pytest
 
+from kbox import tiers
 from kbox.vm.arch import ARCHES, KERNELS
 
 REPO = Path(__file__).resolve().parent
 ARTIFACTS = Path(os.environ.get("KBOX_ARTIFACTS", REPO / "artifacts"))
-TIERS = ("native", "seccomp", "trap", "rewrite", "auto")
+TIERS = ("native", *tiers.TIERS, tiers.AUTO)
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
-_CELL_KEY = "kbox_cell"
 # Seconds each VM's share of the full matrix took on the 2-core reference machine (TCG,
 # `pytest vmtests -n auto`, 2026-11-25: 1008 tests in 7 min 34 s).  Only the order matters:
 # groups are scheduled heaviest first.  Kernels without seccomp sync wake-up (6.1) make the
 # seccomp tier slow; aarch64 signal delivery under TCG makes the trap tier slow.
 GROUP_COST = {("aarch64", "6.1"): 295, ("x86_64", "6.1"): 219, ("aarch64", "6.12"): 212,
               ("x86_64", "6.12"): 157}
+
+# Per-run state, on the config (one per process: the controller and each xdist worker).
+ARCHES_KEY = pytest.StashKey[list[str]]()      # --arch, validated
+KERNELS_KEY = pytest.StashKey[list[str]]()     # --kernel, validated
+# "arch|kernel|tier" -> outcome counts, filled on the controller from every worker's reports
+CELLS_KEY = pytest.StashKey[dict[str, collections.Counter[str]]]()
+# The VM a test used, for its failure report.
+VM_KEY = pytest.StashKey[Any]()
+# Keys of report.user_properties: they travel from xdist workers to the controller.
+CELL_PROPERTY = "kbox_cell"
+RETRY_PROPERTY = "kbox_ssh_retries"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,15 +96,15 @@ def _split(values: list[str] | None, choices: tuple[str, ...] | list[str], what:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: the test boots or uses a kbox guest VM")
-    config.kbox_arches = _split(config.getoption("arch"), tuple(ARCHES), "arch")  # type: ignore[attr-defined]
-    config.kbox_kernels = _split(config.getoption("kernel"), KERNELS, "kernel")  # type: ignore[attr-defined]
+    config.stash[ARCHES_KEY] = _split(config.getoption("arch"), tuple(ARCHES), "arch")
+    config.stash[KERNELS_KEY] = _split(config.getoption("kernel"), KERNELS, "kernel")
     accel = config.getoption("accel")
     if accel not in ACCEL_CHOICES:
         raise pytest.UsageError(f"--accel: unknown value {accel!r}; choose from "
                                 f"{', '.join(ACCEL_CHOICES)}")
     # One VM per arch x kernel serves all of its tests: send a group to one worker.
     # The controller picks the scheduler from `dist`; workers re-parse the original argv,
-    # so they learn it through workerinput (see pytest_configure_node below).
+    # so they learn it through workerinput (see VMPlugin.pytest_configure_node).
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
     if getattr(config.option, "dist", "no") == "loadgroup":
@@ -99,19 +114,7 @@ def pytest_configure(config: pytest.Config) -> None:
     wi = getattr(config, "workerinput", None)
     if wi is not None and wi.get("kbox_loadgroup"):
         config.option.loadgroup = True
-    config.kbox_cells = collections.OrderedDict()  # type: ignore[attr-defined]
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "vm_target" in metafunc.fixturenames:
-        targets = [(a, k) for a in metafunc.config.kbox_arches  # type: ignore[attr-defined]
-                   for k in metafunc.config.kbox_kernels]  # type: ignore[attr-defined]
-        metafunc.parametrize("vm_target", targets, ids=[f"{a}-{k}" for a, k in targets],
-                             scope="session")
-    # Every tier, unless the test names its own (e.g. only the in-process ones).
-    explicit = any("tier" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
-    if "tier" in metafunc.fixturenames and not explicit:
-        metafunc.parametrize("tier", TIERS)
+    config.pluginmanager.register(VMPlugin(config), "kbox-vm")
 
 
 # The musl builds (NAME-musl) --quick keeps: the programs that run libc's own signal,
@@ -135,36 +138,131 @@ def _quick_deselects(item: pytest.Item) -> bool:
     return item.name.startswith("test_real_program_matches_native")
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist's worker turns the group into the nodeid
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--quick", default=False):
-        dropped = [i for i in items if _quick_deselects(i)]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = [i for i in items if not _quick_deselects(i)]
-    def target(item: pytest.Item) -> tuple[str, str] | None:
-        cs = getattr(item, "callspec", None)
-        return tuple(cs.params["vm_target"]) if cs is not None and "vm_target" in cs.params \
-            else None  # type: ignore[return-value]
-
-    for item in items:
-        t = target(item)
-        if t is not None:
-            item.add_marker(pytest.mark.xdist_group(f"{t[0]}-{t[1]}"))
-            item.add_marker(pytest.mark.vm)
-    # Heaviest VM first, each VM's tests together (stable: file order within a VM), so that
-    # xdist hands out groups longest first and a single process boots each VM once.
-    items.sort(key=lambda i: -GROUP_COST.get(target(i) or ("", ""), 1 << 30))
+def _target(item: pytest.Item) -> tuple[str, str] | None:
+    cs = getattr(item, "callspec", None)
+    return tuple(cs.params["vm_target"]) if cs is not None and "vm_target" in cs.params \
+        else None  # type: ignore[return-value]
 
 
-try:
-    import xdist  # noqa: F401
+class VMPlugin:
+    """The hooks of the VM platform, registered once per process by pytest_configure."""
 
-    def pytest_configure_node(node: Any) -> None:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        config.stash[CELLS_KEY] = collections.OrderedDict()
+        # SSH retries (kbox.vm.ssh.RETRIES) this process has reported so far, and the
+        # total over every process's reports (the controller's summary line).
+        self.retries_reported: collections.Counter[str] = collections.Counter()
+        self.retries_total: collections.Counter[str] = collections.Counter()
+
+    @pytest.hookimpl
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "vm_target" in metafunc.fixturenames:
+            targets = [(a, k) for a in metafunc.config.stash[ARCHES_KEY]
+                       for k in metafunc.config.stash[KERNELS_KEY]]
+            metafunc.parametrize("vm_target", targets, ids=[f"{a}-{k}" for a, k in targets],
+                                 scope="session")
+        # Every tier, unless the test names its own (e.g. only the in-process ones).
+        explicit = any("tier" in str(m.args[0])
+                       for m in metafunc.definition.iter_markers("parametrize"))
+        if "tier" in metafunc.fixturenames and not explicit:
+            metafunc.parametrize("tier", TIERS)
+
+    @pytest.hookimpl(tryfirst=True)   # before xdist's worker turns the group into the nodeid
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]
+                                      ) -> None:
+        if config.getoption("--quick", default=False):
+            dropped = [i for i in items if _quick_deselects(i)]
+            if dropped:
+                config.hook.pytest_deselected(items=dropped)
+                items[:] = [i for i in items if not _quick_deselects(i)]
+        for item in items:
+            t = _target(item)
+            if t is not None:
+                item.add_marker(pytest.mark.xdist_group(f"{t[0]}-{t[1]}"))
+                item.add_marker(pytest.mark.vm)
+        # Heaviest VM first, each VM's tests together (stable: file order within a VM), so
+        # that xdist hands out groups longest first and a single process boots each VM once.
+        items.sort(key=lambda i: -GROUP_COST.get(_target(i) or ("", ""), 1 << 30))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
         """(xdist, controller side) Tell each worker that tests are grouped by VM."""
         node.workerinput["kbox_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
-except ImportError:
-    pass
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+        outcome = yield
+        report = outcome.get_result()
+        cs = getattr(item, "callspec", None)
+        if cs is not None and "vm_target" in cs.params and report.when == "call":
+            arch, kernel = cs.params["vm_target"]
+            tier = cs.params.get("tier", "-")
+            report.user_properties.append((CELL_PROPERTY, f"{arch}|{kernel}|{tier}"))
+        # SSH retries since the last report of this process (workers count their own).
+        from kbox.vm import ssh as sshmod
+        delta = collections.Counter(sshmod.RETRIES) - self.retries_reported
+        if delta:
+            report.user_properties.append((RETRY_PROPERTY, dict(delta)))
+            self.retries_reported.update(delta)
+        if report.failed and report.when in ("call", "setup"):
+            vm = item.stash.get(VM_KEY, None)
+            if vm is not None:
+                lines = [f"console log: {vm.log_path}", "--- console tail ---",
+                         vm.console_tail(30)]
+                if vm.is_running and report.when == "call":
+                    lines += ["--- dmesg (tail) ---", vm.dmesg(timeout=10)]
+                report.sections.append(("kbox VM", "\n".join(lines)))
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Runs on the controller for reports from every worker (user_properties travel along).
+        props: dict[str, Any] = dict(report.user_properties)
+        self.retries_total.update(props.get(RETRY_PROPERTY, {}))
+        cell = props.get(CELL_PROPERTY)
+        if cell is not None:
+            cells = self.config.stash[CELLS_KEY]
+            cells.setdefault(cell, collections.Counter())[report.outcome] += 1
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,
+                                config: pytest.Config) -> None:
+        cells = config.stash.get(CELLS_KEY, {})
+        if not cells:
+            return
+        tr = terminalreporter
+        tiers_seen = [t for t in (*TIERS, "-") if any(c.split("|")[2] == t for c in cells)]
+        rows = sorted({tuple(c.split("|")[:2]) for c in cells})
+        tr.section("kbox VM matrix (passed/total; s = skipped, F = failed)")
+        header = f"{'arch':8} {'kernel':6} " + " ".join(
+            f"{('other' if t == '-' else t):>12}" for t in tiers_seen)
+        lines = [header]
+        for arch, kernel in rows:
+            out = []
+            for t in tiers_seen:
+                c = cells.get(f"{arch}|{kernel}|{t}")
+                if not c:
+                    out.append(f"{'':>12}")
+                    continue
+                total = sum(c.values())
+                txt = f"{c['passed']}/{total}"
+                if c["failed"]:
+                    txt += f" {c['failed']}F"
+                if c["skipped"]:
+                    txt += f" {c['skipped']}s"
+                out.append(f"{txt:>12}")
+            lines.append(f"{arch:8} {kernel:6} " + " ".join(out))
+        for line in lines:
+            tr.write_line(line)
+        retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries_total.items())) or "none"
+        tr.write_line(f"SSH retries that fired: {retries}")
+        # The same table for scripts/nightly's report.
+        matrix = ARTIFACTS / "matrix.txt"
+        try:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            matrix.write_text("\n".join(lines) + "\n")
+        except OSError:
+            pass
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -250,7 +348,7 @@ def worker_id(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def vm(vm_pool: Any, vm_target: tuple[str, str], request: pytest.FixtureRequest) -> Any:
     machine = vm_pool.get(*vm_target)
-    request.node.kbox_vm = machine
+    request.node.stash[VM_KEY] = machine
     return machine
 
 
@@ -259,96 +357,3 @@ def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
 
-
-# -- reporting -----------------------------------------------------------------------------
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    outcome = yield
-    report = outcome.get_result()
-    cs = getattr(item, "callspec", None)
-    if cs is not None and "vm_target" in cs.params and report.when == "call":
-        arch, kernel = cs.params["vm_target"]
-        tier = cs.params.get("tier", "-")
-        report.user_properties.append((_CELL_KEY, f"{arch}|{kernel}|{tier}"))
-    # SSH retries since the last report of this process (workers count their own).
-    from kbox.vm import ssh as sshmod
-    now = collections.Counter(sshmod.RETRIES)
-    delta = now - _RETRIES_SEEN
-    if delta:
-        report.user_properties.append((_RETRY_KEY, dict(delta)))
-        _RETRIES_SEEN.update(delta)
-    if report.failed and report.when in ("call", "setup"):
-        vm = getattr(item, "kbox_vm", None)
-        if vm is not None:
-            lines = [f"console log: {vm.log_path}", "--- console tail ---", vm.console_tail(30)]
-            if vm.is_running and report.when == "call":
-                lines += ["--- dmesg (tail) ---", vm.dmesg(timeout=10)]
-            report.sections.append(("kbox VM", "\n".join(lines)))
-
-
-_RETRY_KEY = "kbox_ssh_retries"
-_RETRIES_SEEN: collections.Counter[str] = collections.Counter()
-_RETRIES_TOTAL: collections.Counter[str] = collections.Counter()
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # Runs on the controller for reports from every worker (user_properties travel along).
-    _RETRIES_TOTAL.update(dict(report.user_properties).get(_RETRY_KEY, {}))
-    cell = dict(report.user_properties).get(_CELL_KEY)
-    if cell is None:
-        if report.when == "setup" and report.skipped is False and report.failed:
-            pass
-        return
-    cfg = _CONFIG.get("config")
-    if cfg is None:
-        return
-    cells = cfg.kbox_cells
-    counts = cells.setdefault(cell, collections.Counter())
-    counts[report.outcome] += 1
-
-
-_CONFIG: dict[str, pytest.Config] = {}
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _CONFIG["config"] = session.config
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config
-                            ) -> None:
-    cells: dict[str, collections.Counter[str]] = getattr(config, "kbox_cells", {})
-    if not cells:
-        return
-    tr = terminalreporter
-    tiers_seen = [t for t in (*TIERS, "-") if any(c.split("|")[2] == t for c in cells)]
-    rows = sorted({tuple(c.split("|")[:2]) for c in cells})
-    tr.section("kbox VM matrix (passed/total; s = skipped, F = failed)")
-    header = f"{'arch':8} {'kernel':6} " + " ".join(
-        f"{('other' if t == '-' else t):>12}" for t in tiers_seen)
-    lines = [header]
-    for arch, kernel in rows:
-        out = []
-        for t in tiers_seen:
-            c = cells.get(f"{arch}|{kernel}|{t}")
-            if not c:
-                out.append(f"{'':>12}")
-                continue
-            total = sum(c.values())
-            txt = f"{c['passed']}/{total}"
-            if c["failed"]:
-                txt += f" {c['failed']}F"
-            if c["skipped"]:
-                txt += f" {c['skipped']}s"
-            out.append(f"{txt:>12}")
-        lines.append(f"{arch:8} {kernel:6} " + " ".join(out))
-    for line in lines:
-        tr.write_line(line)
-    retries = ", ".join(f"{k} {v}" for k, v in sorted(_RETRIES_TOTAL.items())) or "none"
-    tr.write_line(f"SSH retries that fired: {retries}")
-    # The same table for scripts/nightly's report.
-    matrix = ARTIFACTS / "matrix.txt"
-    try:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        matrix.write_text("\n".join(lines) + "\n")
-    except OSError:
-        pass

@@ -50,9 +50,11 @@ def test_matrix_summary_is_printed_and_written_for_the_report(
              "x86_64|6.12|seccomp": collections.Counter(passed=45, failed=1),
              "aarch64|6.1|trap": collections.Counter(passed=40, skipped=6),
              "aarch64|6.1|-": collections.Counter(passed=12)}
-    config = types.SimpleNamespace(kbox_cells=cells)
+    config = types.SimpleNamespace(stash=pytest.Stash())
+    vm_plugin = plugin.VMPlugin(config)  # type: ignore[arg-type]
+    config.stash[plugin.CELLS_KEY].update(cells)
     tr = Reporter()
-    plugin.pytest_terminal_summary(tr, 0, config)  # type: ignore[arg-type]
+    vm_plugin.pytest_terminal_summary(tr, 0, config)  # type: ignore[arg-type]
     table, retries = tr.lines[1:-1], tr.lines[-1]
     # After the table: how often the SSH retry paths fired (none in this fake session).
     assert retries == "SSH retries that fired: none"
