@@ -530,7 +530,7 @@ int main(void)
             "-fno-tree-loop-distribute-patterns", "-std=gnu11", "-O2", "-I", str(c),
             "-I", str(c / "arch/aarch64"), "-D_GNU_SOURCE"]
     objs = []
-    for src in ["trace/trace.c", "trace/names.c", "trace/errnoent.c", "arch/aarch64/sysent.c",
+    for src in ["trace/trace.c", "trace/values.c", "trace/names.c", "trace/errnoent.c", "arch/aarch64/sysent.c",
                 "lib/buf.c"]:
         obj = tmp_path / (Path(src).stem + ".o")
         subprocess.run(["aarch64-linux-gnu-gcc", *free, "-c", str(c / src), "-o", str(obj)],
