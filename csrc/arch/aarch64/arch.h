@@ -38,7 +38,7 @@ static inline uint64_t kbox_uc_pc(const kbox_ucontext_t *uc) { return uc->uc_mco
 static inline void kbox_uc_set_pc(kbox_ucontext_t *uc, uint64_t v) { uc->uc_mcontext.pc = v; }
 static inline uint64_t kbox_uc_sp(const kbox_ucontext_t *uc) { return uc->uc_mcontext.sp; }
 static inline void kbox_uc_set_sp(kbox_ucontext_t *uc, uint64_t v) { uc->uc_mcontext.sp = v; }
-/* After tiers/vfork: the result stays in x0; the marker used x8, which the guest expects
+/* After the vfork stub (tiers/clone.c): the result stays in x0; the marker used x8, which the guest expects
  * to find unchanged after its svc. */
 static inline uint64_t kbox_uc_vfork_result(const kbox_ucontext_t *uc) { return uc->uc_mcontext.regs[0]; }
 static inline uint64_t kbox_uc_nr_reg(const kbox_ucontext_t *uc) { return uc->uc_mcontext.regs[8]; }

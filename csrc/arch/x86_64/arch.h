@@ -62,7 +62,7 @@ static inline uint64_t kbox_uc_pc(const kbox_ucontext_t *uc) { return uc->uc_mco
 static inline void kbox_uc_set_pc(kbox_ucontext_t *uc, uint64_t v) { uc->uc_mcontext.rip = v; }
 static inline uint64_t kbox_uc_sp(const kbox_ucontext_t *uc) { return uc->uc_mcontext.rsp; }
 static inline void kbox_uc_set_sp(kbox_ucontext_t *uc, uint64_t v) { uc->uc_mcontext.rsp = v; }
-/* After tiers/vfork: the vfork result (kbox_vfork_stub stored it: the marker syscall
+/* After the vfork stub (tiers/clone.c): the vfork result (kbox_vfork_stub stored it: the marker syscall
  * clobbers rax, rcx and r11), and the register the marker used for its number (rax, which
  * receives the result anyway). */
 extern uint64_t kbox_vfork_result;
