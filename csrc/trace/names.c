@@ -20,7 +20,8 @@
 #include <asm/resource.h>
 #include <asm/signal.h>
 
-#include "trace/trace.h"
+#include "trace/names.h"
+#include "arch/sysent.h"
 #include "trace/errnoent.h"
 #include "trace/xlat.h"
 #include "lib/str.h"

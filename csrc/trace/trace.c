@@ -13,7 +13,8 @@
 #include <asm/stat.h>
 #include <asm/signal.h>
 
-#include "trace/internal.h"
+#include "trace/trace.h"
+#include "trace/values.h"
 #include "lib/str.h"
 
 /* ---- one argument ---- */

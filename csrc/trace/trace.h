@@ -1,4 +1,4 @@
-/* strace-style and JSON-lines formatting of one system call, plus the syscall table.
+/* strace-style and JSON-lines formatting of one system call.
  *
  * Freestanding: runs inside the guest process (trap and rewrite tiers) as well as in the
  * seccomp supervisor, so it reads guest memory only through req->mem and writes only into
@@ -9,18 +9,7 @@
 #include "arch/sysent.h"
 #include "core/request.h"
 #include "lib/buf.h"
-
-/* Syscall name, or NULL. */
-const char *kbox_syscall_name(int nr);
-/* Native number for a name, or -1. */
-int kbox_syscall_number(const char *name);
-/* errno name ("ENOENT") or NULL; number for a name or -1. */
-const char *kbox_errno_name(int err);
-int kbox_errno_number(const char *name);
-/* Signal name ("SIGTERM") or NULL. */
-const char *kbox_signal_name(int sig);
-/* glibc's strerror() text for an errno ("No such file or directory") or NULL. */
-const char *kbox_errno_message(int err);
+#include "trace/names.h"
 
 struct kbox_trace_opts {
     bool json;

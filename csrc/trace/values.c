@@ -11,7 +11,7 @@
 #include <asm/stat.h>
 #include <asm/signal.h>
 
-#include "trace/internal.h"
+#include "trace/values.h"
 #include "lib/str.h"
 
 /* ---- guest memory ---- */

@@ -1,8 +1,10 @@
-/* What trace.c and values.c share: the call being formatted and the value printers. */
-#ifndef KBOX_TRACE_INTERNAL_H
-#define KBOX_TRACE_INTERNAL_H
+/* The value printers (values.c) trace.c formats a call with, and the call they print from. */
+#ifndef KBOX_TRACE_VALUES_H
+#define KBOX_TRACE_VALUES_H
 
-#include "trace/trace.h"
+#include "arch/sysent.h"
+#include "core/request.h"
+#include "trace/names.h"
 #include "trace/xlat.h"
 #include "lib/buf.h"
 
