@@ -196,3 +196,87 @@ def test_cpio_archive_round_trips_through_gnu_cpio(tmp_path: Path) -> None:
     assert (out / "usr/bin/prog").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (out / "usr/bin/prog").stat().st_mode & 0o111
     assert (out / "usr/bin/a").read_bytes() == (out / "usr/bin/b").read_bytes() == b"shared"
+
+
+# ---- identifying a kernel file (--kernel-image) ------------------------------------------
+
+def arm64_image(body: bytes = b"") -> bytes:
+    img = bytearray(0x40 + len(body))
+    img[0:2] = b"MZ"                      # the EFI stub's DOS header, as Debian's Image has
+    img[0x38:0x3C] = b"ARM\x64"
+    img[0x40:] = body
+    return bytes(img)
+
+
+def elf_header(machine: int) -> bytes:
+    return b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HH", 2, machine) + b"\0" * 44
+
+
+def zboot_image(payload: bytes, comp: bytes = b"gzip", pe_machine: int = 0xAA64) -> bytes:
+    img = bytearray(0x100)
+    img[0:2], img[4:8] = b"MZ", b"zimg"
+    struct.pack_into("<II", img, 0x08, len(img), len(payload))
+    img[0x18:0x18 + len(comp)] = comp
+    struct.pack_into("<I", img, 0x3C, 0x80)
+    img[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<H", img, 0x84, pe_machine)
+    return bytes(img) + payload
+
+
+def test_kernel_files_are_identified_by_their_headers() -> None:
+    import gzip
+    bz = bytearray(make_bzimage(b"x" * 32))       # protocol 2.15
+    struct.pack_into("<H", bz, 0x236, 1)          # xloadflags: XLF_KERNEL_64
+    assert kernel.identify_kernel(bytes(bz)) == kernel.KernelKind("x86_64", "bzImage")
+    struct.pack_into("<H", bz, 0x236, 0)          # a 32-bit kernel
+    assert kernel.identify_kernel(bytes(bz)).arch == "i386"
+    struct.pack_into("<H", bz, 0x206, 0x020B)     # before 2.12 xloadflags did not exist
+    assert kernel.identify_kernel(bytes(bz)).arch == "x86_64"
+    assert kernel.identify_kernel(arm64_image()) == kernel.KernelKind("aarch64", "Image")
+    assert kernel.identify_kernel(gzip.compress(arm64_image(b"k" * 5000))) == \
+        kernel.KernelKind("aarch64", "Image.gz")
+    assert kernel.identify_kernel(elf_header(62)) == kernel.KernelKind("x86_64", "vmlinux")
+    assert kernel.identify_kernel(elf_header(183)).arch == "aarch64"
+    assert kernel.identify_kernel(elf_header(243)).arch == "riscv64"
+    assert kernel.identify_kernel(zboot_image(b"")) == kernel.KernelKind("aarch64",
+                                                                         "EFI zboot (gzip)")
+    riscv = bytearray(0x40)
+    riscv[0x38:0x3C] = b"RSC\x05"
+    assert kernel.identify_kernel(bytes(riscv)).arch == "riscv64"
+    with pytest.raises(KernelFormatError, match="not a kernel image"):
+        kernel.identify_kernel(b"root:x:0:0:root:/root:/bin/sh\n" * 10)
+
+
+def test_release_comes_from_the_setup_header_or_the_linux_banner() -> None:
+    bz = bytearray(make_bzimage(b"x" * 32) + b"\0" * 0x400)
+    version = b"6.12.100+deb12-amd64 (debian-kernel@lists.debian.org) #1 SMP\0"
+    struct.pack_into("<H", bz, 0x20E, 0x300)
+    bz[0x500:0x500 + len(version)] = version
+    assert kernel.bzimage_release(bytes(bz)) == "6.12.100+deb12-amd64"
+    body = b"\0junk\0Linux version 6.1.0-50-arm64 (debian-kernel@lists.debian.org) (gcc)\0"
+    assert kernel.banner_release(arm64_image(body)) == "6.1.0-50-arm64"
+    assert kernel.banner_release(b"Linux version %s (%s@%s)") is None
+
+
+def test_zboot_payload_is_unpacked_into_the_image() -> None:
+    import gzip
+    inner = arm64_image(b"Linux version 6.13.0 (me@here) (gcc)")
+    assert kernel.unpack_zboot(zboot_image(gzip.compress(inner))) == inner
+    with pytest.raises(KernelFormatError, match="lz4"):
+        kernel.unpack_zboot(zboot_image(b"??", comp=b"lz4"))
+
+
+def test_embedded_config_and_config_files_parse_into_symbols() -> None:
+    import gzip
+    text = "CONFIG_VIRTIO_NET=m\n# CONFIG_PVH is not set\nCONFIG_SERIAL_8250_CONSOLE=y\n" \
+           'CONFIG_LOCALVERSION="-kbox"\n'
+    blob = b"head" + b"IKCFG_ST" + gzip.compress(text.encode()) + b"IKCFG_ED" + b"tail"
+    cfg = kernel.parse_kconfig(kernel.extract_ikconfig(blob) or "")
+    assert cfg == {"VIRTIO_NET": "m", "SERIAL_8250_CONSOLE": "y", "LOCALVERSION": "-kbox"}
+    assert kernel.extract_ikconfig(b"no config here") is None
+
+
+def test_vermagic_names_the_release_a_module_was_built_for() -> None:
+    info = kernel.parse_modinfo(b"vermagic=6.1.0-50-arm64 SMP mod_unload aarch64\0name=x\0")
+    assert kernel.module_vermagic(info) == "6.1.0-50-arm64"
+    assert kernel.module_vermagic({}) is None

@@ -13,6 +13,7 @@ import shutil
 import stat as st
 import struct
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Self
@@ -145,6 +146,144 @@ def extract_pvh_vmlinux(bzimage: bytes) -> bytes | None:
     except KernelFormatError:
         return None
     return vmlinux if has_pvh_note(vmlinux) else None
+
+
+# ---- what a kernel file is (for --kernel-image) -------------------------------------------
+
+# Machine numbers of the ELF header (e_machine) and the PE header of an EFI zboot image.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 243: "riscv64",
+                 21: "ppc64", 22: "s390x"}
+_PE_MACHINES = {0x8664: "x86_64", 0xAA64: "aarch64", 0x014C: "i386", 0x01C2: "arm",
+                0x01C4: "arm", 0x5064: "riscv64"}
+_XLOADFLAGS_OFF = 0x236   # boot protocol >= 2.12; bit 0: XLF_KERNEL_64
+_KERNEL_VERSION_OFF = 0x20E
+_ARM64_MAGIC_OFF = 0x38   # Documentation/arch/arm64/booting.rst: "ARM\x64"
+_RISCV_MAGIC2_OFF = 0x38  # "RSC\x05" (Documentation/arch/riscv/boot-image-header.rst)
+_ARM_ZIMAGE_MAGIC_OFF = 0x24
+HEAD_BYTES = 1 << 16      # enough of a file to identify it (a gzip file: its first 64 KiB)
+
+
+@dataclass(frozen=True)
+class KernelKind:
+    arch: str     # kbox's arch name when it is one of those, else a plain name ("i386", "arm")
+    format: str   # "bzImage", "vmlinux", "Image", "Image.gz", "EFI zboot (gzip)"
+
+
+def _gunzip_head(data: bytes, limit: int = 4096) -> bytes:
+    d = zlib.decompressobj(wbits=31)
+    try:
+        return d.decompress(data, limit)
+    except zlib.error as exc:
+        raise KernelFormatError(f"bad gzip stream: {exc}") from exc
+
+
+def identify_kernel(head: bytes) -> KernelKind:
+    """The architecture and format of a kernel file from its first bytes (HEAD_BYTES).
+
+    bzImage: "HdrS" at 0x202 (64-bit unless xloadflags says otherwise); arm64 Image:
+    "ARM\\x64" at 0x38; ELF: e_machine; EFI zboot ("MZ" + "zimg"): the PE machine; gzip:
+    the header of what it decompresses to.
+    """
+    if head.startswith(GZIP_MAGIC):
+        inner = identify_kernel(_gunzip_head(head))
+        fmt = "Image.gz" if inner.format == "Image" else f"{inner.format} (gzip)"
+        return KernelKind(inner.arch, fmt)
+    if head.startswith(b"\x7fELF") and len(head) >= 20:
+        (machine,) = struct.unpack_from("<H", head, 18)
+        return KernelKind(_ELF_MACHINES.get(machine, f"ELF machine {machine}"), "vmlinux")
+    if head[:2] == b"MZ" and head[4:8] == b"zimg" and len(head) >= 0x40:
+        (pe,) = struct.unpack_from("<I", head, 0x3C)
+        machine = struct.unpack_from("<H", head, pe + 4)[0] if pe + 6 <= len(head) else -1
+        comp = head[0x18:0x38].split(b"\0")[0].decode(errors="replace")
+        return KernelKind(_PE_MACHINES.get(machine, f"PE machine {machine:#x}"),
+                          f"EFI zboot ({comp})")
+    if head[_ARM64_MAGIC_OFF:_ARM64_MAGIC_OFF + 4] == b"ARM\x64":
+        return KernelKind("aarch64", "Image")
+    if head[_HDRS_MAGIC_OFF:_HDRS_MAGIC_OFF + 4] == b"HdrS" and len(head) > _XLOADFLAGS_OFF + 2:
+        (protocol,) = struct.unpack_from("<H", head, _VERSION_OFF)
+        (xload,) = struct.unpack_from("<H", head, _XLOADFLAGS_OFF)
+        return KernelKind("i386" if protocol >= 0x20C and not xload & 1 else "x86_64", "bzImage")
+    if head[_RISCV_MAGIC2_OFF:_RISCV_MAGIC2_OFF + 4] == b"RSC\x05":
+        return KernelKind("riscv64", "Image")
+    if len(head) >= 0x28 and struct.unpack_from("<I", head, _ARM_ZIMAGE_MAGIC_OFF)[0] == 0x016F2818:
+        return KernelKind("arm", "zImage")
+    raise KernelFormatError("not a kernel image (no bzImage, arm64 Image, ELF or EFI zboot "
+                            "header)")
+
+
+def bzimage_release(data: bytes) -> str | None:
+    """`uname -r` from a bzImage's kernel_version string (setup header, protocol >= 2.0)."""
+    if len(data) < _KERNEL_VERSION_OFF + 2:
+        return None
+    (ptr,) = struct.unpack_from("<H", data, _KERNEL_VERSION_OFF)
+    start = ptr + 0x200
+    if not ptr or start >= len(data):
+        return None
+    text = data[start:start + 256].split(b"\0")[0].decode(errors="replace").split()
+    return text[0] if text else None
+
+
+_BANNER_RE = re.compile(rb"Linux version (\d[^\s\0]*) \(")
+
+
+def banner_release(kernel_bytes: bytes) -> str | None:
+    """`uname -r` from the linux_banner string of an uncompressed kernel (Image, vmlinux)."""
+    m = _BANNER_RE.search(kernel_bytes)
+    return m.group(1).decode(errors="replace") if m else None
+
+
+def unpack_zboot(data: bytes) -> bytes:
+    """The Image inside an EFI zboot file (CONFIG_EFI_ZBOOT's vmlinuz.efi): QEMU 7.2 cannot
+    boot one directly. Header (drivers/firmware/efi/libstub/zboot-header.S): payload offset
+    and size at 0x08 and 0x0c, the compression's name at 0x18."""
+    off, size = struct.unpack_from("<II", data, 0x08)
+    comp = data[0x18:0x38].split(b"\0")[0].decode(errors="replace")
+    payload = data[off:off + size]
+    if comp == "gzip":
+        import gzip
+        return gzip.decompress(payload)
+    if comp == "zstd":
+        return zstd_decompress(payload)
+    if comp in ("xzkern", "lzma"):
+        return lzma.decompress(payload)
+    raise KernelFormatError(f"EFI zboot image compressed with {comp}, which kbox cannot unpack")
+
+
+_IKCFG_START, _IKCFG_END = b"IKCFG_ST", b"IKCFG_ED"
+
+
+def extract_ikconfig(kernel_bytes: bytes) -> str | None:
+    """The .config embedded by CONFIG_IKCONFIG (a gzip stream between IKCFG_ST/IKCFG_ED) in an
+    uncompressed kernel, or None."""
+    start = kernel_bytes.find(_IKCFG_START)
+    if start < 0:
+        return None
+    end = kernel_bytes.find(_IKCFG_END, start)
+    if end < 0:
+        return None
+    import gzip
+    try:
+        return gzip.decompress(kernel_bytes[start + len(_IKCFG_START):end]).decode(
+            errors="replace")
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def parse_kconfig(text: str) -> dict[str, str]:
+    """CONFIG_FOO=y lines -> {"FOO": "y"}; '# CONFIG_FOO is not set' simply leaves FOO out."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key[len("CONFIG_"):]] = value.strip().strip('"')
+    return out
+
+
+def module_vermagic(modinfo: dict[str, list[str]]) -> str | None:
+    """The kernel release a module was built for (first word of its vermagic)."""
+    values = modinfo.get("vermagic", [])
+    return values[0].split()[0] if values and values[0].split() else None
 
 
 # ---- modules -----------------------------------------------------------------------------
