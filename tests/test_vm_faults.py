@@ -209,3 +209,80 @@ def test_sigint_to_a_running_vm_pytest_leaves_no_qemu(image: Any, tmp_path: Path
         if p.poll() is None:
             p.kill()
             p.wait(timeout=10)
+
+
+# -- bad input for --kernel, --kernel-image, --modules -------------------------------------
+# Each must end `kbox vm run` with one line on stderr and a non-zero status, and leave no
+# QEMU behind. A wrapper named like the QEMU binary, first on PATH, logs every launch (its
+# pid: it execs the real QEMU), so "never started" and "started, then killed" are both
+# checked exactly, whoever else runs QEMU on this machine.
+
+def _qemu_wrapper(tmp: Path, arch: str) -> tuple[dict[str, str], Path]:
+    import shutil
+
+    from kbox.vm.arch import ARCHES
+    real = shutil.which(ARCHES[arch].qemu)
+    assert real is not None
+    bindir, log = tmp / "bin", tmp / "qemu-launches"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / ARCHES[arch].qemu
+    wrapper.write_text(f'#!/bin/sh\necho $$ >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return env, log
+
+
+def _vm_run(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kbox.vm.cli", "vm", "run", "--accel", "tcg",
+                           *args, "--", "true"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=timeout, check=False)
+
+
+def _launched(log: Path) -> list[int]:
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong-arch", "unknown-version", "modules-lack"])
+def test_bad_kernel_input_is_one_line_and_starts_no_qemu(image: Any, tmp_path: Path,
+                                                         case: str) -> None:
+    # The image's own kernel stands in for a local build: an ELF vmlinux with PVH on x86_64
+    # (a Debian Image on aarch64); the other arch is what it is refused as.
+    other = "aarch64" if FAULT_ARCH == "x86_64" else "x86_64"
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    if case == "missing":
+        args, expect = ["--kernel-image", str(tmp_path / "bzImage")], "no such file"
+    elif case == "wrong-arch":
+        args = ["--arch", other, "--kernel-image", str(image.kernel_path)]
+        expect = f"is a kernel for {FAULT_ARCH}"
+    elif case == "unknown-version":
+        args, expect = ["--arch", FAULT_ARCH, "--kernel", "6.2.0-99"], "unknown"
+    else:   # a modules tree of the right release, holding none of the needed modules
+        tree = tmp_path / "mods/lib/modules" / image.kernel_version
+        (tree / "kernel").mkdir(parents=True)
+        (tree / "modules.builtin").write_text("")
+        args = ["--kernel-image", str(image.kernel_path), "--modules", str(tmp_path / "mods")]
+        expect = "virtio_pci, virtio_net neither built into"
+    res = _vm_run(env, *args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and lines[0].startswith("kbox: ") and expect in lines[0], res.stderr
+    assert _launched(log) == []
+
+
+def test_a_kernel_without_virtio_net_fails_at_boot_with_that_and_leaves_no_qemu(
+        image: Any, tmp_path: Path) -> None:
+    # No --modules and no config to read: the modules are assumed built in. Debian's kernel
+    # has virtio_net as a module, so the guest comes up without eth0; the VM must say so at
+    # once rather than wait out the SSH deadline (60 s under TCG).
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    t0 = time.monotonic()
+    res = _vm_run(env, "--kernel-image", str(image.kernel_path))
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 4, res.stderr
+    assert "no kernel config found" in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "the guest has no network device eth0" in last and "lacks virtio_pci or virtio_net" in last
+    assert elapsed < 45, f"reported after {elapsed:.1f} s"
+    pids = _launched(log)
+    assert len(pids) == 1 and not _alive(pids[0])

@@ -111,12 +111,26 @@ def test_rebuilding_replaces_a_corrupt_entry(CACHE: Path) -> None:
 
 # ---- choices and host checks ----------------------------------------------------------------
 
-def test_unknown_arch_or_kernel_is_a_usage_error_listing_the_choices() -> None:
+def test_unknown_arch_or_kernel_is_a_usage_error_listing_the_choices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbox.vm import kernels
     with pytest.raises(UserError, match="choose from x86_64, aarch64") as e:
         images.ensure_image("riscv64", "6.1")
     assert e.value.exit_code == 2
-    with pytest.raises(UserError, match="choose from 6.1, 6.12"):
+    monkeypatch.setattr(kernels, "catalogue", lambda a: [
+        kernels.DebianKernel("6.1.0-57", "amd64", "6.1.192-3", "bookworm-security"),
+        kernels.DebianKernel("6.12.118+deb12", "amd64", "6.12.118-1~deb12u1", "bookworm")])
+    with pytest.raises(UserError, match=r"unknown x86_64 kernel '5.10'; available: series "
+                                        r"6.1, 6.12 \(newest: 6.1.0-57, 6.12.118\+deb12\)") as e:
         images.ensure_image("x86_64", "5.10")
+    assert e.value.exit_code == 2
+
+
+def test_a_local_kernel_boots_with_the_rootfs_of_its_own_series() -> None:
+    assert images.local_host_series("6.1.0-50-arm64") == "6.1"
+    assert images.local_host_series("6.12.100+deb12-amd64") == "6.12"
+    assert images.local_host_series("6.1-rc3-kbox") == "6.1"
+    assert images.local_host_series("6.16.0-rc1") == "6.12"      # not a matrix series: newest
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -440,3 +454,70 @@ def test_concurrent_builders_build_the_kbox_layer_once(CACHE: Path, tmp_path: Pa
     assert all(p.returncode == 0 for p in procs), outs
     assert len({o[0].strip() for o in outs}) == 1  # all got the same entry
     assert counter.read_text().count("x") == 1
+
+
+def _bzimage(release: str) -> bytes:
+    """A bzImage header with a kernel_version string and an unreadable payload (so the
+    builder boots the bzImage itself rather than a PVH vmlinux)."""
+    import struct
+    img = bytearray(8192)
+    img[0x1F1] = 3
+    img[0x202:0x206] = b"HdrS"
+    struct.pack_into("<HH", img, 0x206, 0x020F, 0)
+    struct.pack_into("<H", img, 0x20E, 0x1000)
+    struct.pack_into("<II", img, 0x248, 0x10, 64)
+    struct.pack_into("<H", img, 0x236, 1)
+    version = f"{release} (dev@box) #1 SMP\0".encode()
+    img[0x1200:0x1200 + len(version)] = version
+    return bytes(img)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("cpio") is None
+                    or shutil.which("dropbearkey") is None, reason="needs gcc, cpio, dropbearkey")
+def test_a_local_kernel_image_carries_its_own_modules_and_module_list(
+        CACHE: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if images.host_arch() != "x86_64":
+        pytest.skip("the synthetic local kernel is an x86_64 bzImage")
+    arch, release = "x86_64", "6.1.0-99-kbox"
+    repo = tmp_path / "repo"
+    _fake_repo(repo)
+    monkeypatch.setattr(images, "REPO", repo)
+    monkeypatch.setitem(ARCHES, arch, dataclasses.replace(ARCHES[arch], initrd_compression=""))
+    base = _fake_base(CACHE, arch, "6.1")
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "check_host", lambda a: None)
+    kfile = tmp_path / "linux/arch/x86/boot/bzImage"
+    kfile.parent.mkdir(parents=True)
+    kfile.write_bytes(_bzimage(release))
+    tree = tmp_path / "mods/lib/modules" / release
+    (tree / "kernel").mkdir(parents=True)
+    (tree / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    src = tmp_path / "virtio_net.s"
+    src.write_text('.section .modinfo,"a"\n.asciz "depends="\n.asciz "name=virtio_net"\n'
+                   f'.asciz "vermagic={release} SMP mod_unload"\n')
+    subprocess.run(["gcc", "-c", "-o", str(tree / "kernel/virtio_net.ko"), str(src)],
+                   check=True, timeout=60)
+
+    img = images.ensure_local_image(kfile, None, tmp_path / "mods", progress=False)
+    host = images.ensure_image(arch, "6.1", progress=False)
+    assert (img.arch, img.kernel, img.kernel_version) == (arch, "local", release)
+    assert img.kernel_path.read_bytes() == kfile.read_bytes() and img.sysroot == host.sysroot
+    with img.initrd_path.open("rb") as f:
+        f.seek((base / "base.cpio").stat().st_size)
+        second = subprocess.run(["cpio", "-it", "--quiet"], stdin=f, capture_output=True,
+                                text=True, timeout=30, check=False).stdout.split()
+    assert f"usr/lib/modules/{release}/virtio_net.ko" in second
+    assert "root/.ssh/authorized_keys" in second and "usr/bin/kbox" in second
+    with img.initrd_path.open("rb") as f:
+        f.seek((base / "base.cpio").stat().st_size)
+        listed = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/kbox/modules"],
+                                stdin=f, capture_output=True, timeout=30, check=False).stdout
+    assert listed == f"/usr/lib/modules/{release}/virtio_net.ko\n".encode()
+    # Warm: the same entry; a rebuilt kernel replaces it.
+    assert images.ensure_local_image(kfile, "x86_64", tmp_path / "mods",
+                                     progress=False).cache_dir == img.cache_dir
+    kfile.write_bytes(_bzimage(release)[:-1] + b"!")
+    again = images.ensure_local_image(kfile, "x86_64", tmp_path / "mods", progress=False)
+    assert again.cache_dir != img.cache_dir and not img.cache_dir.exists()
+    assert {r["kernel"] for r in images.list_images() if r["kind"] == "local"} == {"local"}
+    assert images.clean_images(kernel="local") == 1

@@ -33,11 +33,19 @@ def errno_name(code: int) -> str:
 
 
 # -- shared option handling --------------------------------------------------------------
-def _add_vm_options(p: argparse.ArgumentParser, arch_required: bool = True) -> None:
-    p.add_argument("--arch", choices=sorted(ARCHES), required=arch_required,
-                   help="guest architecture")
-    p.add_argument("--kernel", choices=KERNELS, default=DEFAULT_KERNEL,
-                   help=f"guest kernel series (default {DEFAULT_KERNEL})")
+def _add_vm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=sorted(ARCHES),
+                   help="guest architecture (required, except with --kernel-image: its own)")
+    p.add_argument("--kernel", metavar="VERSION",
+                   help=f"Debian kernel: a series ({', '.join(KERNELS)}: its newest) or any "
+                        f"version `kbox vm images --list-kernels` shows, e.g. 6.1.0-50 "
+                        f"(default {DEFAULT_KERNEL})")
+    p.add_argument("--kernel-image", type=Path, metavar="PATH",
+                   help="boot a local kernel build instead: bzImage or vmlinux (x86_64), "
+                        "Image or Image.gz (aarch64)")
+    p.add_argument("--modules", type=Path, metavar="DIR",
+                   help="with --kernel-image: its modules (lib/modules/<release>, or a "
+                        "directory holding it, e.g. make modules_install INSTALL_MOD_PATH=DIR)")
     p.add_argument("--accel", choices=ACCELS, default="auto",
                    help="accelerator: kvm only if a probe guest runs (default auto)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the guest image first")
@@ -45,11 +53,23 @@ def _add_vm_options(p: argparse.ArgumentParser, arch_required: bool = True) -> N
 
 def _image(args: argparse.Namespace) -> Any:
     try:
-        from kbox.vm.images import ensure_image
+        from kbox.vm import images
     except ImportError as exc:
         raise UserError(f"the guest image builder is unavailable: {exc}", 3) from exc
-    return ensure_image(args.arch, args.kernel, rebuild=getattr(args, "rebuild", False),
-                        progress=True)
+    if args.kernel_image is not None:
+        if args.kernel is not None:
+            raise UserError("--kernel and --kernel-image exclude each other", 2)
+        img = images.ensure_local_image(args.kernel_image, args.arch, args.modules,
+                                        progress=True)
+        args.arch = img.arch
+        return img
+    if args.modules is not None:
+        raise UserError("--modules goes with --kernel-image", 2)
+    if args.arch is None:
+        raise UserError("--arch is required (x86_64 or aarch64), unless --kernel-image names "
+                        "the kernel", 2)
+    return images.ensure_image(args.arch, args.kernel or DEFAULT_KERNEL,
+                               rebuild=getattr(args, "rebuild", False), progress=True)
 
 
 def _vm_error(exc: VMError) -> UserError:
@@ -75,7 +95,8 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
     try:
         with VM(image, accel=args.accel) as vm:
             if args.verbose:
-                print(f"kbox: {vm.name} ready in {vm.boot_seconds:.2f} s "
+                print(f"kbox: {vm.name} ({image.kernel_version}) ready in "
+                      f"{vm.boot_seconds:.2f} s "
                       f"(ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
             res = vm.run(shlex.join(command), timeout=args.timeout, **stream_sinks())
             # An initramfs guest has no state worth a clean poweroff: kill saves ~0.5 s.
@@ -186,6 +207,8 @@ def cmd_vm_images(args: argparse.Namespace) -> int:
         raise UserError(f"the guest image builder is unavailable: {exc}", 3) from exc
     arches = [args.arch] if args.arch else sorted(ARCHES)
     kernels = [args.kernel] if args.kernel else list(KERNELS)
+    if args.list_kernels:
+        return _list_kernels(arches)
     if args.clean:
         n = images.clean_images(args.arch, args.kernel)
         print(f"kbox: removed {n} cache entr{'y' if n == 1 else 'ies'}")
@@ -202,8 +225,23 @@ def cmd_vm_images(args: argparse.Namespace) -> int:
     if not rows:
         print("kbox: no cached images (build them with `kbox vm images --build`)")
     for r in rows:
-        print(f"{r['kind']:5} {r['arch']:8} {r['kernel']:5} {r['size'] / 2**20:7.1f} MiB "
-              f"{r['state']:8} {r['path']}")
+        print(f"{r['kind']:5} {r['arch']:8} {r['kernel']:8} {r['kernel_version']:24} "
+              f"{r['size'] / 2**20:7.1f} MiB {r['state']:8} {r['path']}")
+    return 0
+
+
+def _list_kernels(arches: list[str]) -> int:
+    """The Debian kernels apt's configured suites carry, per arch (what --kernel accepts)."""
+    from kbox.vm import kernels as kmod
+    print(f"{'arch':8} {'version':20} {'package version':22} {'suite':20} --kernel")
+    for name in arches:
+        cat = kmod.catalogue(ARCHES[name])
+        newest = {s: kmod.newest(cat, s) for s in KERNELS}
+        for k in cat:
+            alias = [s + (" (default)" if s == DEFAULT_KERNEL else "")
+                     for s, n in newest.items() if n == k]
+            print(f"{name:8} {k.version:20} {k.package_version:22} {k.suite:20} "
+                  f"{', '.join(alias) or k.version}")
     return 0
 
 
@@ -293,8 +331,12 @@ def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     g.add_argument("--list", action="store_true", help="list cached images (default)")
     g.add_argument("--build", action="store_true", help="build missing images")
     g.add_argument("--clean", action="store_true", help="delete the image cache")
+    g.add_argument("--list-kernels", action="store_true",
+                   help="list the Debian kernel versions --kernel accepts, per arch")
     images.add_argument("--arch", choices=sorted(ARCHES))
-    images.add_argument("--kernel", choices=KERNELS)
+    images.add_argument("--kernel", metavar="VERSION",
+                        help="a series or a version (see --list-kernels); with --clean: as "
+                             "--list shows it, or 'local'")
     images.add_argument("--rebuild", action="store_true", help="with --build: rebuild anyway")
     images.set_defaults(func=cmd_vm_images)
 

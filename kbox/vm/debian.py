@@ -6,6 +6,8 @@ only setup a foreign architecture needs.
 """
 from __future__ import annotations
 
+import glob
+import os
 import re
 import shutil
 import subprocess
@@ -70,21 +72,10 @@ def _version_key(text: str) -> tuple[tuple[int, ...], str]:
     return tuple(int(n) for n in re.findall(r"\d+", text)), text
 
 
-def newest_kernel_package(series: str, flavour: str) -> str:
-    """The newest installable linux-image package name of a series ("6.1", "6.12")."""
-    if series == "6.1":
-        pattern = rf"^linux-image-6\.1\.0-[0-9]+-{re.escape(flavour)}$"
-    else:
-        pattern = rf"^linux-image-{re.escape(series)}\.[0-9]+\+deb[0-9]+-{re.escape(flavour)}$"
-    # apt-cache takes POSIX extended regexes; re.fullmatch re-checks the names it returns.
-    out = _run(["apt-cache", "search", "--names-only", pattern]).stdout
-    names = sorted({line.split(" - ")[0].strip() for line in out.splitlines()
-                    if re.fullmatch(pattern[1:-1], line.split(" - ")[0].strip())},
-                   key=_version_key)
-    if not names:
-        raise UserError(f"no Debian kernel package matches {pattern} "
-                        "(run apt-get update; 6.12 comes from bookworm-updates/backports)")
-    return names[-1]
+def apt_state() -> list[tuple[str, int, int]]:
+    """What apt would answer depends on its package lists; their stats stand for them."""
+    lists = sorted(glob.glob("/var/lib/apt/lists/*_Packages*"))
+    return [(p, int(os.stat(p).st_size), int(os.stat(p).st_mtime)) for p in lists]
 
 
 # ---- dependency resolution ----------------------------------------------------------------

@@ -16,8 +16,9 @@ compressed as one legacy lz4 stream.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-import glob
+import hashlib
 import json
 import os
 import platform
@@ -30,9 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kbox.errors import UserError
-from kbox.vm import cache, debian, kernel
+from kbox.vm import cache, debian, kernel, kernels, localkernel, timing
 from kbox.vm.arch import ARCHES, KERNELS, Arch
 from kbox.vm.kernel import CpioWriter
+from kbox.vm.kernels import KernelChoice
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "images"
@@ -48,15 +50,23 @@ GUEST_PYTHON_LIB = "usr/lib/python3.11"
 MAKE_TIMEOUT = 900.0
 BASE_FORMAT = 1   # bump when the layout of a base entry changes
 IMAGE_FORMAT = 1  # same for image entries
+LOCAL_FORMAT = 1  # same for local-kernel entries
+
+
+def local_host_series(release: str) -> str:
+    """The matrix series whose image (rootfs, kbox layer) a local kernel boots with: its own
+    series when the matrix has it (6.1.0-50-arm64 -> 6.1), else the newest."""
+    return next((s for s in sorted(KERNELS, key=len, reverse=True)
+                 if release.startswith((s + ".", s + "-"))), KERNELS[-1])
 
 # Everything that shapes a base entry besides the package versions.
-_BUILDER_SOURCES = ("images.py", "debian.py", "kernel.py", "cache.py")
+_BUILDER_SOURCES = ("images.py", "debian.py", "kernel.py", "kernels.py", "cache.py")
 
 
 @dataclass(frozen=True)
 class Image:
     arch: str
-    kernel: str             # series: "6.1" or "6.12"
+    kernel: str             # a series ("6.1", "6.12"), a version ("6.1.0-50") or "local"
     kernel_version: str     # `uname -r` in the guest, e.g. "6.1.0-56-arm64"
     kernel_path: Path       # ELF vmlinux (x86_64, PVH boot) or the Debian vmlinuz
     initrd_path: Path
@@ -72,11 +82,9 @@ class Image:
 
 # ---- inputs ------------------------------------------------------------------------------
 
-def _check_choice(arch: str, kernel_series: str) -> Arch:
+def _check_arch(arch: str) -> Arch:
     if arch not in ARCHES:
         raise UserError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHES)})", 2)
-    if kernel_series not in KERNELS:
-        raise UserError(f"unknown kernel {kernel_series!r} (choose from {', '.join(KERNELS)})", 2)
     return ARCHES[arch]
 
 
@@ -97,36 +105,38 @@ def _builder_files() -> list[tuple[str, Path]]:
     return [(f"builder/{n}", here / n) for n in _BUILDER_SOURCES]
 
 
-def _apt_state() -> list[tuple[str, int, int]]:
-    """What apt would answer depends on its package lists; their stats stand for them."""
-    lists = sorted(glob.glob("/var/lib/apt/lists/*_Packages*"))
-    return [(p, int(os.stat(p).st_size), int(os.stat(p).st_mtime)) for p in lists]
-
-
-def _resolve(a: Arch, series: str, progress: bool) -> dict:
+def _resolve(a: Arch, choice: KernelChoice, progress: bool) -> dict:
     """Kernel package and the full package closure, memoized per apt state and recipe."""
     key = cache.input_key(_recipe_files() + _builder_files(),
-                          {"arch": a.name, "kernel": series, "apt": _apt_state()})
-    path = cache.cache_root() / "resolved" / f"{a.name}-{series}-{key}.json"
+                          {"arch": a.name, "kernel": choice.tag, "package": choice.package,
+                           "apt": debian.apt_state()})
+    path = cache.cache_root() / "resolved" / f"{a.name}-{choice.tag}-{key}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
     # One resolver per (arch, kernel): xdist workers starting together would each spend
     # ~15 s in apt-cache otherwise.
-    with cache.locked(f"resolve-{a.name}-{series}", timeout=600):
+    with cache.locked(f"resolve-{a.name}-{choice.tag}", timeout=600):
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
-            return _resolve_now(a, series, path, progress)
+            return _resolve_now(a, choice, path, progress)
 
 
-def _resolve_now(a: Arch, series: str, path: Path, progress: bool) -> dict:
+def _resolve_now(a: Arch, choice: KernelChoice, path: Path, progress: bool) -> dict:
     if progress:
-        print(f"kbox: resolving Debian packages for {a.name} / {series}", file=sys.stderr,
+        print(f"kbox: resolving Debian packages for {a.name} / {choice.tag}", file=sys.stderr,
               flush=True)
     debian.check_arch_enabled(a.debian)
-    kpkg = debian.package_version(debian.newest_kernel_package(series, a.kernel_flavour), a.debian)
+    package = choice.package
+    if package is None:   # a series: its newest kernel
+        newest = kernels.newest(kernels.catalogue(a), choice.tag)
+        if newest is None:
+            raise UserError(f"no Debian {choice.tag} kernel for {a.name} in apt's lists "
+                            "(apt-get update?)")
+        package = newest.package
+    kpkg = debian.package_version(package, a.debian)
     roots = _recipe_lines("packages.txt") + _recipe_lines(f"packages-{a.name}.txt")
     pkgs = debian.Resolver(a.debian, set(_recipe_lines("exclude-packages.txt"))).resolve(roots)
     data = {"kernel_package": asdict(kpkg), "packages": [asdict(p) for p in pkgs]}
@@ -319,7 +329,7 @@ def _extract_kernel(a: Arch, kdir: Path, out_dir: Path, progress: bool) -> tuple
     return release, "vmlinuz", modules
 
 
-def _build_base(a: Arch, series: str, resolved: dict, entry_tmp: Path, progress: bool) -> dict:
+def _build_base(a: Arch, tag: str, resolved: dict, entry_tmp: Path, progress: bool) -> dict:
     t0 = time.monotonic()
     kpkg = debian.Package(**resolved["kernel_package"])
     pkgs = [debian.Package(**p) for p in resolved["packages"]]
@@ -366,7 +376,7 @@ def _build_base(a: Arch, series: str, resolved: dict, entry_tmp: Path, progress:
         w.add_tree(root)
         w.add_node("dev/console", 0o020600, 5, 1)  # the kernel opens it before /init runs
     shutil.rmtree(work)
-    info = {"arch": a.name, "kernel": series, "kernel_version": release,
+    info = {"arch": a.name, "kernel": tag, "kernel_version": release,
             "kernel_package": resolved["kernel_package"], "kernel_file": kernel_file,
             "modules": mods.order, "builtin_modules": mods.builtin,
             "packages": {p.name: p.version for p in pkgs}, "build_seconds": 0.0}
@@ -375,21 +385,23 @@ def _build_base(a: Arch, series: str, resolved: dict, entry_tmp: Path, progress:
     return info
 
 
-def _ensure_base(a: Arch, series: str, rebuild: bool, progress: bool) -> tuple[Path, dict]:
-    resolved = _resolve(a, series, progress)
+def _ensure_base(a: Arch, choice: KernelChoice, rebuild: bool, progress: bool
+                 ) -> tuple[Path, dict]:
+    resolved = _resolve(a, choice, progress)
+    tag = choice.tag
     key = cache.input_key(_recipe_files() + _builder_files(),
-                          {"format": BASE_FORMAT, "arch": a.name, "kernel": series,
+                          {"format": BASE_FORMAT, "arch": a.name, "kernel": tag,
                            "resolved": resolved})
-    entry = cache.cache_root() / "base" / f"{a.name}-{series}-{key}"
-    with cache.locked(f"base-{a.name}-{series}"):
+    entry = cache.cache_root() / "base" / f"{a.name}-{tag}-{key}"
+    with cache.locked(f"base-{a.name}-{tag}"):
         problem = None if rebuild else cache.verify(entry)
         if rebuild or problem is not None:
             if entry.exists() and problem:
                 _progress(progress, f"base image {entry.name}: {problem}; rebuilding")
-            _progress(progress, f"building base image {a.name} / {series}")
+            _progress(progress, f"building base image {a.name} / {tag}")
             cache.cleanup_stale_temps(entry.parent)
-            with cache.building(entry, {"kind": "base", "arch": a.name, "kernel": series}) as tmp:
-                _build_base(a, series, resolved, tmp, progress)
+            with cache.building(entry, {"kind": "base", "arch": a.name, "kernel": tag}) as tmp:
+                _build_base(a, tag, resolved, tmp, progress)
             _prune_siblings(entry)
     return entry, json.loads((entry / "info.json").read_text())
 
@@ -456,8 +468,15 @@ def _build_kbox_layer(a: Arch, base: Path, entry_tmp: Path, progress: bool) -> N
         (stage / d / "kbox").write_text(wrapper)
         os.chmod(stage / d / "kbox", 0o755)
 
+    base_info = json.loads((base / "info.json").read_text())
+    _write_initrd(a, base, [stage], entry_tmp)
+    shutil.copy2(base / base_info["kernel_file"], entry_tmp / base_info["kernel_file"])
+    info = dict(base_info, base=base.name, kbox_build_seconds=round(time.monotonic() - t0, 1))
+    (entry_tmp / "info.json").write_text(json.dumps(info, indent=1))
+
+
+def _stage_keys(keys: Path) -> None:
     client, host = _ssh_keys()
-    keys = entry_tmp / ".keys"
     (keys / "root/.ssh").mkdir(parents=True)
     (keys / "etc/dropbear").mkdir(parents=True)
     shutil.copy2(client.with_name("id_ed25519.pub"), keys / "root/.ssh/authorized_keys")
@@ -466,15 +485,20 @@ def _build_kbox_layer(a: Arch, base: Path, entry_tmp: Path, progress: bool) -> N
     os.chmod(keys / "root/.ssh/authorized_keys", 0o600)
     os.chmod(keys / "etc/dropbear/dropbear_ed25519_host_key", 0o600)
 
-    base_info = json.loads((base / "info.json").read_text())
-    # The initrd is the base archive followed by the kbox archive (the kernel unpacks both).
+
+def _write_initrd(a: Arch, base: Path, trees: list[Path], entry_tmp: Path) -> None:
+    """entry_tmp/initrd.img: the base archive, then one archive of `trees` and the SSH keys
+    (the kernel unpacks both in order, so a later file replaces an earlier one)."""
+    keys = entry_tmp / ".keys"
+    _stage_keys(keys)
     initrd = entry_tmp / "initrd.img"
     with initrd.open("wb") as out:
         with (base / "base.cpio").open("rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
         with CpioWriter(out) as w:
-            w.add_tree(stage, skip_root=True)
-            w.add_tree(keys, skip_root=True)
+            for tree in [*trees, keys]:
+                w.add_tree(tree, skip_root=True)
+    shutil.rmtree(keys)
     if a.initrd_compression == "lz4":
         # Legacy lz4 frames are the format the kernel's initramfs unpacker reads (lz4 -l).
         packed = entry_tmp / "initrd.img.lz4"
@@ -483,10 +507,6 @@ def _build_kbox_layer(a: Arch, base: Path, entry_tmp: Path, progress: bool) -> N
         packed.rename(initrd)
     elif a.initrd_compression:
         raise UserError(f"unsupported initrd compression {a.initrd_compression!r}")
-    shutil.copy2(base / base_info["kernel_file"], entry_tmp / base_info["kernel_file"])
-    shutil.rmtree(keys)
-    info = dict(base_info, base=base.name, kbox_build_seconds=round(time.monotonic() - t0, 1))
-    (entry_tmp / "info.json").write_text(json.dumps(info, indent=1))
 
 
 def _prune_siblings(entry: Path) -> None:
@@ -499,33 +519,41 @@ def _prune_siblings(entry: Path) -> None:
 
 def ensure_image(arch: str, kernel: str, *, rebuild: bool = False,
                  progress: bool = True) -> Image:
-    """Return a bootable image for (arch, kernel series), building what is missing or stale.
+    """Return a bootable image for (arch, kernel), building what is missing or stale.
 
-    Safe to call from many processes at once (file locks); a warm call only hashes inputs
-    and verifies the entry's manifest.
+    `kernel` is a series of the matrix ("6.1", "6.12": its newest kernel) or any Debian
+    kernel version apt's suites carry (kernels.py: "6.1.0-50", "6.12.100"); an unknown one
+    is a UserError listing what is available. Safe to call from many processes at once
+    (file locks); a warm call only hashes inputs and verifies the entry's manifest.
     """
-    a = _check_choice(arch, kernel)
+    t0 = time.monotonic()
+    a = _check_arch(arch)
+    choice = kernels.choose(a, kernel)
     check_host(a)
-    base, _ = _ensure_base(a, kernel, rebuild, progress)
+    base, _ = _ensure_base(a, choice, rebuild, progress)
     client, host_key = _ssh_keys()
+    tag = choice.tag
     key = cache.input_key(_kbox_files() + _builder_files()
                           + [("ssh/client.pub", client.with_name("id_ed25519.pub")),
                              ("ssh/host", host_key)],
                           {"format": IMAGE_FORMAT, "base": base.name, "cross": cross_prefix(a)})
-    entry = cache.cache_root() / "images" / f"{a.name}-{kernel}-{key}"
-    with cache.locked(f"image-{a.name}-{kernel}"):
+    entry = cache.cache_root() / "images" / f"{a.name}-{tag}-{key}"
+    built = False
+    with cache.locked(f"image-{a.name}-{tag}"):
         problem = None if rebuild else cache.verify(entry)
         if rebuild or problem is not None:
             if entry.exists() and problem:
                 _progress(progress, f"image {entry.name}: {problem}; rebuilding")
-            _progress(progress, f"building the kbox layer for {a.name} / {kernel}")
+            _progress(progress, f"building the kbox layer for {a.name} / {tag}")
             cache.cleanup_stale_temps(entry.parent)
-            with cache.building(entry, {"kind": "image", "arch": a.name, "kernel": kernel}) as tmp:
+            with cache.building(entry, {"kind": "image", "arch": a.name, "kernel": tag}) as tmp:
                 _build_kbox_layer(a, base, tmp, progress)
             _prune_siblings(entry)
+            built = True
     info = json.loads((entry / "info.json").read_text())
+    timing.record("image", arch=a.name, kernel=tag, seconds=time.monotonic() - t0, built=built)
     return Image(
-        arch=a.name, kernel=kernel, kernel_version=info["kernel_version"],
+        arch=a.name, kernel=tag, kernel_version=info["kernel_version"],
         kernel_path=entry / info["kernel_file"], initrd_path=entry / "initrd.img",
         cmdline=KERNEL_CMDLINE, ssh_key=client, ssh_user="root", cache_dir=entry,
         guest_kbox_dir=GUEST_KBOX_DIR, guest_programs_dir=GUEST_PROGRAMS_DIR,
@@ -533,39 +561,112 @@ def ensure_image(arch: str, kernel: str, *, rebuild: bool = False,
         / "_bin" / a.name)
 
 
+# ---- a local kernel build -------------------------------------------------------------------
+
+def ensure_local_image(kernel_image: Path, arch: str | None = None,
+                       modules: Path | None = None, *, progress: bool = True) -> Image:
+    """A bootable image for a kernel file of the developer's own (--kernel-image PATH
+    [--modules DIR]): localkernel.py checks it before anything is built or booted.
+
+    It boots with the rootfs and kbox layer of a matrix image (local_host_series); a third
+    archive in the initramfs holds the kernel's own modules (when DIR is given) and replaces
+    the list /init loads. Entries are keyed by the kernel's and the modules' contents, so a
+    rebuilt kernel gets a new one; the previous one of the same path is dropped.
+    """
+    if arch is not None:
+        _check_arch(arch)
+    lk = localkernel.inspect(Path(kernel_image), arch)
+    a = ARCHES[lk.arch]
+    plan = localkernel.plan_modules(lk, Path(modules) if modules else None,
+                                    _recipe_lines("modules.txt"))
+    localkernel.print_notes(lk.notes + plan.notes, progress)
+    host = ensure_image(a.name, local_host_series(lk.release), progress=progress)
+    t0 = time.monotonic()
+    mods = plan.resolved
+    key = cache.input_key([], {
+        "format": LOCAL_FORMAT, "host": host.cache_dir.name, "release": lk.release,
+        "kernel": hashlib.sha256(lk.boot_image).hexdigest(),
+        "modules": {m: hashlib.sha256(b).hexdigest() for m, b in
+                    (mods.files.items() if mods else [])},
+        "order": mods.order if mods else None})
+    where = hashlib.sha256(str(Path(kernel_image).resolve()).encode()).hexdigest()[:8]
+    entry = cache.cache_root() / "local" / f"{a.name}-{where}-{key}"
+    kernel_file = "vmlinux" if lk.boot_image.startswith(b"\x7fELF") else "vmlinuz"
+    with cache.locked(f"local-{a.name}-{where}"):
+        if cache.verify(entry) is not None:
+            _progress(progress, f"assembling an image for {lk.path} ({lk.release})")
+            cache.cleanup_stale_temps(entry.parent)
+            with cache.building(entry, {"kind": "local", "arch": a.name,
+                                        "kernel": str(lk.path)}) as tmp:
+                _build_local(a, lk, mods, host, tmp, kernel_file)
+            _prune_siblings(entry)
+    timing.record("image", arch=a.name, kernel="local", seconds=time.monotonic() - t0,
+                  built=False)
+    return dataclasses.replace(host, kernel="local", kernel_version=lk.release,
+                               kernel_path=entry / kernel_file,
+                               initrd_path=entry / "initrd.img", cache_dir=entry)
+
+
+def _build_local(a: Arch, lk: localkernel.LocalKernel, mods: kernel.ResolvedModules | None,
+                 host: Image, entry_tmp: Path, kernel_file: str) -> None:
+    (entry_tmp / kernel_file).write_bytes(lk.boot_image)
+    layer = entry_tmp / ".modules"
+    mod_dir = f"usr/lib/modules/{lk.release}"
+    (layer / mod_dir).mkdir(parents=True)
+    (layer / "etc/kbox").mkdir(parents=True)
+    order = mods.order if mods else []
+    for name in order:
+        assert mods is not None
+        (layer / mod_dir / f"{name}.ko").write_bytes(mods.files[name])
+    # Replaces the Debian kernel's list in the base archive: /init loads exactly these.
+    (layer / "etc/kbox/modules").write_text("".join(f"/{mod_dir}/{m}.ko\n" for m in order))
+    base = cache.cache_root() / "base" / json.loads(
+        (host.cache_dir / "info.json").read_text())["base"]
+    _write_initrd(a, base, [host.cache_dir / "overlay", layer], entry_tmp)
+    shutil.rmtree(layer)
+    info = {"arch": a.name, "kernel": "local", "kernel_version": lk.release,
+            "kernel_file": kernel_file, "source": str(lk.path), "format": lk.format,
+            "config": lk.config_source, "modules": order, "host_image": host.cache_dir.name}
+    (entry_tmp / "info.json").write_text(json.dumps(info, indent=1))
+
+
 def _dir_size(p: Path) -> int:
     return sum(f.lstat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def list_images() -> list[dict]:
-    """Every cache entry (base layers and bootable images) with its state."""
+    """Every cache entry (base layers, bootable images, local kernels) with its state."""
     rows: list[dict] = []
-    for kind in ("base", "images"):
+    for kind, label in (("base", "base"), ("images", "image"), ("local", "local")):
         d = cache.cache_root() / kind
         if not d.is_dir():
             continue
         for p in sorted(d.iterdir()):
             if p.name.startswith("."):
                 continue
-            arch, series, key = p.name.rsplit("-", 2) if p.name.count("-") >= 2 else (p.name, "", "")
             man = cache.read_manifest(p)
             problem = cache.verify(p, checksums=False)
             try:
-                kver = json.loads((p / "info.json").read_text()).get("kernel_version", "")
+                info = json.loads((p / "info.json").read_text())
             except (OSError, ValueError):
-                kver = ""
-            rows.append({"kind": "base" if kind == "base" else "image", "arch": arch,
-                         "kernel": series, "kernel_version": kver, "key": key, "path": str(p),
-                         "size": _dir_size(p),
-                         "built": (man or {}).get("built"),
+                info = {}
+            # Names are <arch>-<kernel>-<key>; the kernel may hold dashes (6.1.0-50).
+            arch = info.get("arch") or p.name.split("-", 1)[0]
+            tag = info.get("kernel") or (p.name.split("-", 1)[1].rsplit("-", 1)[0]
+                                         if p.name.count("-") >= 2 else "")
+            rows.append({"kind": label, "arch": arch, "kernel": tag,
+                         "kernel_version": info.get("kernel_version", ""),
+                         "key": p.name.rsplit("-", 1)[-1], "path": str(p),
+                         "size": _dir_size(p), "built": (man or {}).get("built"),
                          "state": "ok" if problem is None else f"corrupt: {problem}"})
     return rows
 
 
 def clean_images(arch: str | None = None, kernel: str | None = None) -> int:
-    """Remove cache entries (both layers) matching arch/kernel; returns how many."""
-    if arch is not None or kernel is not None:
-        _check_choice(arch or next(iter(ARCHES)), kernel or KERNELS[0])
+    """Remove cache entries matching arch/kernel (a tag as list_images() shows it, or
+    "local"); returns how many."""
+    if arch is not None:
+        _check_arch(arch)
     n = 0
     for row in list_images():
         if (arch is None or row["arch"] == arch) and (kernel is None or row["kernel"] == kernel):

@@ -21,6 +21,7 @@ import atexit
 import ctypes
 import itertools
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -38,6 +39,7 @@ import paramiko
 
 from kbox.errors import UserError
 from kbox.vm import ssh as sshmod
+from kbox.vm import timing
 from kbox.vm.accel import Accel, cache_dir, resolve_accel
 from kbox.vm.arch import Arch, get_arch
 from kbox.vm.console import Console
@@ -45,6 +47,7 @@ from kbox.vm.ports import candidate_ports, is_hostfwd_collision, worker_index
 from kbox.vm.ssh import RunResult
 
 __all__ = ["VM", "VMError", "VMLaunchFailure", "GuestCrash", "SSHTimeout", "GuestTimeout",
+           "GuestNoNetwork",
            "RunResult", "ImageLike"]
 
 BOOT_TIMEOUT_S = 20.0        # hardware seconds from launch to SSH-ready (x3 under TCG)
@@ -55,6 +58,12 @@ SETTLE_S = 5.0               # hardware seconds for QEMU to start the guest afte
 PORT_ATTEMPTS = 5            # launches tried on host-forwarding collisions
 DEFAULT_MEMORY_MB = int(os.environ.get("KBOX_VM_MEMORY", "1536"))
 DEFAULT_SMP = int(os.environ.get("KBOX_VM_SMP", "2"))
+# What the guest's /init (busybox ip) prints when the kernel has no eth0: virtio_net or
+# virtio_pci is neither built in nor loadable. It still prints the ready marker (dropbear
+# listens on lo), so without this check the VM would wait out the SSH deadline.
+_NO_NET_RE = re.compile(r"can't find device 'eth0'|SIOCGIFFLAGS: No such device|"
+                        r"Cannot find device \"eth0\"")
+_INSMOD_FAILED_RE = re.compile(r"kbox-init: insmod (\S+) failed")
 
 
 class ImageLike(Protocol):
@@ -98,6 +107,16 @@ class GuestCrash(VMError):
 
 class SSHTimeout(VMError):
     """The guest did not accept SSH before the boot deadline."""
+
+    def __init__(self, message: str, console_tail: str, log_path: Path) -> None:
+        self.console_tail = console_tail
+        self.log_path = log_path
+        super().__init__(f"{message}\nconsole log: {log_path}\n--- console tail ---\n"
+                         f"{console_tail}")
+
+
+class GuestNoNetwork(VMError):
+    """The guest booted without the network device SSH needs (its kernel lacks virtio-net)."""
 
     def __init__(self, message: str, console_tail: str, log_path: Path) -> None:
         self.console_tail = console_tail
@@ -393,6 +412,7 @@ class VM:
                 raise SSHTimeout(f"{self.name}: guest not ready after {budget:g} s",
                                  tail, self.log_path)
             self._console.wait(0.1)
+        self._check_network()
         assert self.ssh_port is not None
         try:
             self._client = sshmod.connect("127.0.0.1", self.ssh_port, self.image.ssh_user,
@@ -403,6 +423,23 @@ class VM:
             self.kill()
             raise SSHTimeout(f"{self.name}: {exc}", tail, self.log_path) from exc
         self.boot_seconds = time.monotonic() - self._launched_at
+        timing.record("boot", arch=self.image.arch, kernel=self.image.kernel, name=self.name,
+                      seconds=self.boot_seconds, accel=self.accel.name if self.accel else "")
+
+    def _check_network(self) -> None:
+        """Fail at once if the guest's init found no eth0 (its kernel lacks virtio-net)."""
+        assert self._console is not None
+        tail = self._console.tail(200)
+        if not _NO_NET_RE.search(tail):
+            return
+        failed = _INSMOD_FAILED_RE.findall(tail)
+        self.kill()
+        raise GuestNoNetwork(
+            f"{self.name}: the guest has no network device eth0: kernel "
+            f"{getattr(self.image, 'kernel_version', self.image.kernel)} lacks virtio_pci or "
+            "virtio_net (build them in, or give their modules)"
+            + (f"; insmod failed for {', '.join(Path(f).name for f in failed)}" if failed
+               else ""), self._console.tail(40), self.log_path)
 
     def _ssh(self) -> paramiko.SSHClient:
         if self._client is None:
