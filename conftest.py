@@ -34,6 +34,8 @@ from typing import Any
 import pytest
 
 from kbox import tiers
+from kbox.errors import UserError
+from kbox.vm import kernels, pytest_timing
 from kbox.vm.arch import ARCHES, KERNELS
 
 REPO = Path(__file__).resolve().parent
@@ -64,8 +66,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--arch", action="append", default=None, metavar="ARCH",
                 help=f"guest architecture(s), repeatable or comma-separated; choices: "
                      f"{', '.join(ARCHES)} (default: all)")
-    g.addoption("--kernel", action="append", default=None, metavar="SERIES",
-                help=f"guest kernel series; choices: {', '.join(KERNELS)} (default: all)")
+    g.addoption("--kernel", action="append", default=None, metavar="VERSION",
+                help=f"guest kernel: a series ({', '.join(KERNELS)}, default: all) or any "
+                     "Debian version `kbox vm images --list-kernels` shows")
     g.addoption("--accel", default="auto", metavar="ACCEL",
                 help=f"QEMU accelerator; choices: {', '.join(ACCEL_CHOICES)} (default auto: "
                      "KVM only if a probe guest runs)")
@@ -97,7 +100,11 @@ def _split(values: list[str] | None, choices: tuple[str, ...] | list[str], what:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: the test boots or uses a kbox guest VM")
     config.stash[ARCHES_KEY] = _split(config.getoption("arch"), tuple(ARCHES), "arch")
-    config.stash[KERNELS_KEY] = _split(config.getoption("kernel"), KERNELS, "kernel")
+    try:
+        config.stash[KERNELS_KEY] = kernels.parse_specs(config.getoption("kernel"),
+                                                        config.stash[ARCHES_KEY])
+    except UserError as exc:
+        raise pytest.UsageError(f"--kernel: {exc}") from None
     accel = config.getoption("accel")
     if accel not in ACCEL_CHOICES:
         raise pytest.UsageError(f"--accel: unknown value {accel!r}; choose from "
@@ -115,6 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if wi is not None and wi.get("kbox_loadgroup"):
         config.option.loadgroup = True
     config.pluginmanager.register(VMPlugin(config), "kbox-vm")
+    pytest_timing.register(config, ARTIFACTS)   # "where the time went", after the matrix
 
 
 # The musl builds (NAME-musl) --quick keeps: the programs that run libc's own signal,
