@@ -15,6 +15,7 @@ examples:
   kbox run --trace -- cat /etc/hostname   strace-style trace on stderr
   kbox run --syscall-mode=seccomp --deny openat:EACCES -- cat /etc/hostname
   kbox run --virtual-pid -- sh -c 'echo $$'   the program sees itself as pid 1
+  kbox run --root R -- /bin/sh -c 'cat /etc/os-release'   R's files, not the host's
   kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
   kbox bench --modes native,seccomp,trap  cost per syscall in each tier
   kbox vm run --arch aarch64 -- uname -m  run a command in an aarch64 guest under QEMU
@@ -57,6 +58,12 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="at exit, a table of syscalls: count and which path served them")
     p.add_argument("--allow-wx", action="store_true",
                    help="allow writable+executable mappings in the in-process tiers (JITs)")
+    p.add_argument("--root", metavar="DIR",
+                   help="run against the root filesystem DIR: the program's paths name files "
+                        "inside DIR (/proc, /dev and /sys stay the host's); no privileges needed. "
+                        "In-process tiers (trap, rewrite, auto) for now")
+    p.add_argument("--workdir", metavar="DIR", default=None,
+                   help="with --root: the working directory inside the root (default /)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROG [ARGS...]")
     p.set_defaults(func=cmd_run)
 
@@ -69,11 +76,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UserError("kbox run: missing program (usage: kbox run [options] -- PROG [ARGS...])", 2)
-    path = elfinfo.resolve_program(command[0])
-    info = elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
+    view = None
+    if args.root is not None:
+        from kbox.rootview import RootView
+        view = RootView(args.root, args.workdir or "/")
+        path, host = view.find_program(command[0])
+        info = elfinfo.inspect(host, display=command[0])
+    elif args.workdir is not None:
+        raise UserError("kbox run: --workdir applies with --root only", 2)
+    else:
+        path = elfinfo.resolve_program(command[0])
+        info = elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
     mode = args.syscall_mode
     if mode == AUTO:
         mode = runner.auto_mode(path, info=info).mode
+    if view is not None and mode == SECCOMP:
+        why = ("auto picked seccomp: " + runner.auto_mode(host, info=info).reason
+               if args.syscall_mode == AUTO else "the seccomp tier does not serve the root view yet")
+        raise UserError(f"kbox run: --root needs an in-process tier (trap or rewrite); {why}", 2)
     if mode == SECCOMP and args.virtual_pid:
         raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
                         "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)
@@ -83,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
         trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
         stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
-        argv0=command[0],
+        argv0=command[0], extra=view.launcher_options() if view else (),
     )
     sys.stdout.flush()
     sys.stderr.flush()

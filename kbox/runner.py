@@ -36,6 +36,7 @@ def launch_argv(
     trap_backend: str | None = None,
     allow_wx: bool = False,
     argv0: str | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The argv of kbox-launch running `prog args...` under `mode`."""
     if mode == AUTO:
@@ -56,6 +57,7 @@ def launch_argv(
         cmd.append("--stats")
     if allow_wx:
         cmd.append("--allow-wx")
+    cmd += list(extra)
     if argv0 is not None and argv0 != prog:
         cmd.append(f"--exec-path={prog}")
         cmd += ["--", argv0, *args]

@@ -180,8 +180,8 @@ link            INT  PATH PATH
 linkat          INT  DIRFD PATH DIRFD PATH AT_FLAGS
 unlink          INT  PATH
 unlinkat        INT  DIRFD PATH AT_FLAGS
-symlink         INT  PATH PATH
-symlinkat       INT  PATH DIRFD PATH
+symlink         INT  LINKTARGET PATH
+symlinkat       INT  LINKTARGET DIRFD PATH
 readlink        INT  PATH BUF_OUT UINT
 readlinkat      INT  DIRFD PATH BUF_OUT UINT
 chmod           INT  PATH MODE
@@ -246,6 +246,32 @@ migrate_pages   INT  PID UINT PTR PTR
 move_pages      INT  PID UINT PTR PTR PTR HEX
 kcmp            INT  PID PID INT HEX HEX
 rt_tgsigqueueinfo INT PID PID SIGNUM PTR
+openat2         FD   DIRFD PATH PTR UINT
+fchmodat2       INT  DIRFD PATH MODE AT_FLAGS
+mknod           INT  PATH MODE HEX
+utime           INT  PATH PTR
+utimes          INT  PATH PTR
+futimesat       INT  DIRFD PATH PTR
+inotify_add_watch INT FD PATH HEX
+getxattr        INT  PATH STR PTR UINT
+lgetxattr       INT  PATH STR PTR UINT
+setxattr        INT  PATH STR PTR UINT HEX
+lsetxattr       INT  PATH STR PTR UINT HEX
+listxattr       INT  PATH PTR UINT
+llistxattr      INT  PATH PTR UINT
+removexattr     INT  PATH STR
+lremovexattr    INT  PATH STR
+name_to_handle_at INT DIRFD PATH PTR PTR HEX
+fanotify_mark   INT  FD HEX HEX DIRFD PATH
+pivot_root      INT  PATH PATH
+acct            INT  PATH
+swapon          INT  PATH HEX
+swapoff         INT  PATH
+uselib          INT  PATH
+open_tree       FD   DIRFD PATH HEX
+fspick          FD   DIRFD PATH HEX
+mount_setattr   INT  DIRFD PATH HEX PTR UINT
+move_mount      INT  DIRFD PATH DIRFD PATH HEX
 """
 
 ARCH_SIGNATURES = {
@@ -265,42 +291,46 @@ RUNTIME  rt_sigaction rt_sigprocmask rt_sigsuspend ppoll epoll_pwait epoll_pwait
 NEWTASK  clone clone3 fork vfork
 EXEC     execve execveat
 NORETURN exit exit_group
+OPEN     open openat creat openat2
+NOFOLLOW lstat lchown unlink unlinkat rmdir mkdir mkdirat mknod mknodat rename renameat
+         renameat2 link linkat symlink symlinkat readlink readlinkat lgetxattr lsetxattr
+         llistxattr lremovexattr
 """
-KNOWN_PROPERTIES = ("FRAME", "RUNTIME", "NEWTASK", "EXEC", "NORETURN")
+KNOWN_PROPERTIES = ("FRAME", "RUNTIME", "NEWTASK", "EXEC", "NORETURN", "OPEN", "NOFOLLOW")
 
 # SYSCALL_DEFINEn arities of every syscall without a hand-written signature.
 NARGS_BY_COUNT = {
     0: """restart_syscall getuid getgid munlockall vhangup sync inotify_init""",
-    1: """shmdt uselib personality mlockall _sysctl adjtimex acct swapoff iopl
+    1: """shmdt personality mlockall _sysctl adjtimex iopl
           get_kernel_syms set_thread_area io_destroy get_thread_area epoll_create
           timer_getoverrun timer_delete mq_unlink unshare eventfd inotify_init1 syncfs
           userfaultfd pkey_free memfd_secret setfsuid setfsgid time
           sched_get_priority_max sched_get_priority_min""",
-    2: """getitimer setreuid setregid capget capset rt_sigpending utime ustat getpriority
-          mlock munlock pivot_root
-          settimeofday swapon sethostname setdomainname create_module delete_module
-          removexattr lremovexattr fremovexattr io_setup timer_gettime clock_settime utimes
+    2: """getitimer setreuid setregid capget capset rt_sigpending ustat getpriority
+          mlock munlock
+          settimeofday sethostname setdomainname create_module delete_module
+          fremovexattr io_setup timer_gettime clock_settime
           mq_notify ioprio_get inotify_rm_watch timerfd_create timerfd_gettime fanotify_init
           clock_adjtime setns pkey_alloc msgget io_uring_setup fsopen
           landlock_restrict_self process_mrelease""",
     3: """mincore shmget shmat shmctl setitimer semget semop msgctl getdents syslog
-          setresuid getresuid setresgid getresgid mknod sysfs setpriority
-          modify_ldt init_module nfsservctl tuxcall security readahead listxattr llistxattr
+          setresuid getresuid setresgid getresgid sysfs setpriority
+          modify_ldt init_module nfsservctl tuxcall security readahead
           flistxattr io_submit io_cancel lookup_dcookie timer_create set_mempolicy
-          mq_getsetattr ioprio_set inotify_add_watch futimesat signalfd
-          getcpu finit_module bpf mlock2 open_tree fsmount fspick pidfd_getfd
+          mq_getsetattr ioprio_set signalfd
+          getcpu finit_module bpf mlock2 fsmount pidfd_getfd
           landlock_create_ruleset lsm_list_modules mseal map_shadow_stack open_by_handle_at
           ioperm""",
-    4: """semctl msgsnd ptrace reboot quotactl getxattr lgetxattr fgetxattr epoll_ctl_old
+    4: """semctl msgsnd ptrace reboot quotactl fgetxattr epoll_ctl_old
           epoll_wait_old semtimedop timer_settime mq_open kexec_load request_key
           tee sync_file_range vmsplice timerfd_settime signalfd4
-          sendmmsg pkey_mprotect io_uring_register openat2
-          quotactl_fd landlock_add_rule set_mempolicy_home_node cachestat fchmodat2
+          sendmmsg pkey_mprotect io_uring_register
+          quotactl_fd landlock_add_rule set_mempolicy_home_node cachestat
           futex_wake futex_requeue statmount listmount lsm_get_self_attr lsm_set_self_attr""",
-    5: """msgrcv query_module getpmsg putpmsg afs_syscall setxattr lsetxattr fsetxattr
+    5: """msgrcv query_module getpmsg putpmsg afs_syscall fsetxattr
           io_getevents remap_file_pages get_mempolicy mq_timedsend mq_timedreceive add_key
-          keyctl perf_event_open recvmmsg fanotify_mark name_to_handle_at
-          kexec_file_load move_mount fsconfig process_madvise mount_setattr futex_waitv
+          keyctl perf_event_open recvmmsg
+          kexec_file_load fsconfig process_madvise futex_waitv
           vserver""",
     6: """mbind splice preadv2 pwritev2 io_pgetevents
           io_uring_enter epoll_pwait2 futex_wait""",
@@ -313,7 +343,7 @@ KNOWN_KINDS = {
     "ENVP", "PID", "WAIT_OPTIONS", "IOCTL_CMD", "FUTEX_OP", "PRCTL_OPT", "ARCH_PRCTL",
     "RLIMIT_RES", "CLOCKID", "OCT", "SIGSET", "SIGACTION", "STAT_OUT", "TIMESPEC", "POLLFDS",
     "MSG_FLAGS", "SOCKADDR", "EPOLL_OP", "MADV", "PIPEFDS", "FD_FLAGS", "TIMESPEC_OUT",
-    "WSTATUS", "PATH_OUT", "OFF", "IOV_IN", "IOV_OUT", "PIDSPEC",
+    "WSTATUS", "PATH_OUT", "OFF", "IOV_IN", "IOV_OUT", "PIDSPEC", "LINKTARGET",
 }
 
 NR_MAX = 512  # KBOX_NR_MAX in csrc/trace/trace.h

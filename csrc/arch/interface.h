@@ -32,9 +32,11 @@
  * applies, no runtime fix-up, no signal frame).  The SIGSYS handler and the trampolines
  * skip the dispatcher after one lookup; aarch64's trampoline entry reads it in assembly. */
 extern uint8_t kbox_trap_fast[KBOX_NR_MAX];
-/* The runtime's own descriptors (trace output, shared state; -1 if none), which the
- * program's close/dup2/close_range must not touch. */
-extern int kbox_own_fd[2];
+/* The runtime's own descriptors (trace output, shared state, the view's root; -1 if none),
+ * which the program's close/dup2/close_range must not touch.  The trampolines compare only
+ * the first two: while the third is in use, close never takes the fast path. */
+#define KBOX_OWN_FDS 3
+extern int kbox_own_fd[KBOX_OWN_FDS];
 
 static inline bool kbox_trap_is_fast(int nr, uint64_t arg0)
 {

@@ -33,6 +33,7 @@ enum kbox_argtype {
     KA_IOV_OUT,       /* struct iovec[] filled by the kernel, total = return value (readv) */
     KA_FD_CLOEXEC,    /* fcntl F_SETFD's argument (chosen by the decoder, not the table) */
     KA_PIDSPEC,       /* kill(2)/wait4(2)'s pid: >0 a process, <-1 a process group, 0 and -1 special */
+    KA_LINKTARGET,    /* a symlink's contents (symlink(2)'s target): a string, not a path to resolve */
     KA_COUNT
 };
 
@@ -52,6 +53,8 @@ struct kbox_sysent {
 #define KBOX_SC_NEWTASK 0x04   /* creates a process or thread (clone, clone3, fork, vfork) */
 #define KBOX_SC_EXEC 0x08      /* replaces the program (execve, execveat) */
 #define KBOX_SC_NORETURN 0x10  /* does not return to the caller (exit, exit_group) */
+#define KBOX_SC_OPEN 0x20      /* opens a path (open, openat, creat, openat2) */
+#define KBOX_SC_NOFOLLOW 0x40  /* its paths name a final symlink itself, never its target */
 
 /* NULL for out-of-range numbers. */
 const struct kbox_sysent *kbox_sysent(int nr);

@@ -1,6 +1,7 @@
 #include "core/mem.h"
 #include "lib/sys.h"
 #include "lib/self.h"
+#include <linux/errno.h>
 #include <linux/uio.h>
 #include <linux/ioctl.h>
 #include <linux/seccomp.h>
@@ -57,7 +58,7 @@ long kbox_mem_read_str(const struct kbox_mem *m, uint64_t addr, char *buf, size_
 {
     size_t got = 0;
     if (!cap)
-        return -22;
+        return -EINVAL;
     /* Read page by page: a string may end just before an unmapped page. */
     while (got + 1 < cap) {
         size_t page_left = 4096 - ((addr + got) & 4095);
@@ -67,7 +68,7 @@ long kbox_mem_read_str(const struct kbox_mem *m, uint64_t addr, char *buf, size_
         long r = m->read(m, addr + got, buf + got, want);
         if (r <= 0) {
             buf[got] = 0;
-            return got ? (long)got : (r ? r : -14);
+            return got ? (long)got : (r ? r : -EFAULT);
         }
         for (long i = 0; i < r; i++) {
             if (buf[got + (size_t)i] == 0)

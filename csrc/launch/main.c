@@ -8,6 +8,7 @@
  *   --trap-backend=seccomp|sud
  *   --trace  --trace-json  --trace-output=FILE  --trace-fd=N  --strsize=N
  *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx  --no-promote
+ *   --root=DIR --workdir=DIR   (the root view: DIR canonical; in-process tiers)
  *   --shared-fd=N --relaunch --exec-path=PATH   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
@@ -16,6 +17,7 @@
 #include "arch/interface.h"
 #include "core/policy.h"
 #include "core/shared.h"
+#include "core/view.h"
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
@@ -72,6 +74,22 @@ static void parse_deny(const char *spec)
             usage("--deny: unknown errno ", colon + 1);
     }
     policy.deny_errno[nr] = (uint16_t)err;
+}
+
+/* Makes the guest directory `dir` of the root view the working directory. */
+static int start_in(const char *dir)
+{
+    char host[KBOX_VIEW_PATH_MAX];
+    int tmp;
+    int r = kbox_view_host_path(AT_FDCWD, dir, true, host, sizeof(host), &tmp);
+    if (r == 0)
+        r = (int)KSYS1(__NR_chdir, host);
+    if (tmp >= 0)
+        kbox_close(tmp);
+    if (r < 0)
+        kbox_err("--workdir ", dir, r == -ENOTDIR ? ": not a directory in the root"
+                                                   : ": no such directory in the root");
+    return r;
 }
 
 /* A descriptor number the guest is unlikely to want: near the top of its fd limit. */
@@ -149,7 +167,7 @@ static int launcher_main(uint64_t *sp)
     policy.trace_fd = -1;
 
     enum mode mode = MODE_TRAP;
-    const char *trace_output = NULL, *exec_path = NULL, *v;
+    const char *trace_output = NULL, *exec_path = NULL, *root = NULL, *workdir = NULL, *v;
     bool allow_wx = false;
     int nsaved = 0, i;
     for (i = 1; i < argc; i++) {
@@ -215,6 +233,11 @@ static int launcher_main(uint64_t *sp)
         } else if (kbox_strcmp(a, "--relaunch") == 0) {
             launch.relaunch = true;
             keep = false;
+        } else if (opt_value(a, "--root", &v)) {
+            root = v;
+        } else if (opt_value(a, "--workdir", &v)) {
+            workdir = v;
+            keep = false; /* the working directory carries over an execve by itself */
         } else if (opt_value(a, "--exec-path", &v)) {
             exec_path = v;
             keep = false;
@@ -234,6 +257,19 @@ static int launcher_main(uint64_t *sp)
 
     if (mode == MODE_NONE)
         return kbox_plain_run(&launch);
+
+    if (root && mode == MODE_SECCOMP)
+        usage("--root needs an in-process tier (--syscall-mode=trap or rewrite): the seccomp "
+              "tier does not serve the root view yet", NULL);
+    if (root) {
+        int r = kbox_view_init(root, high_fd(2));
+        if (r < 0) {
+            kbox_err("--root ", root, ": cannot open it as a directory");
+            return KBOX_EXIT_USAGE;
+        }
+        if (!launch.relaunch && start_in(workdir ? workdir : "/") < 0)
+            return KBOX_EXIT_USAGE;
+    }
 
     if (mode == MODE_SECCOMP && policy.virtual_pid)
         usage("--virtual-pid needs an in-process tier (--syscall-mode=trap): the seccomp tier "

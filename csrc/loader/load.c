@@ -9,6 +9,7 @@
  * On any failure everything mapped so far is unmapped again, so a caller can report the
  * error and carry on (tests call this in-process). */
 #include "loader/loader.h"
+#include "core/view.h"
 #include "arch.h"
 #include "loader-arch.h"
 #include "lib/str.h"
@@ -62,7 +63,7 @@ static int open_exec(const char *path, const char *prefix, struct open_file *f,
 
     if (!path[0])
         return say(err, ENOENT, prefix, "''", kbox_errno_text(ENOENT));
-    r = kbox_openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+    r = kbox_view_openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0); /* inside the root view, if any */
     if (r < 0)
         return say(err, (int)-r, prefix, path, kbox_errno_text((int)-r));
     f->fd = (int)r;

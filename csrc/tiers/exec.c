@@ -10,6 +10,7 @@
 #include "tiers/exec.h"
 #include "tiers/runtime.h"
 #include "core/mem.h"
+#include "core/view.h"
 #include "loader/loader.h"
 #include "lib/buf.h"
 #include "lib/str.h"
@@ -23,16 +24,29 @@
 #define X_OK 1
 #endif
 
+/* access(path, X_OK), with the path inside the root view when there is one. */
+static long access_x(const char *path)
+{
+    if (!kbox_view_on())
+        return KSYS4(__NR_faccessat, AT_FDCWD, path, X_OK, 0);
+    long fd = kbox_view_openat(AT_FDCWD, path, O_PATH | O_CLOEXEC, 0);
+    if (fd < 0)
+        return fd;
+    long r = KSYS4(__NR_faccessat2, fd, "", X_OK, AT_EMPTY_PATH);
+    kbox_close((int)fd);
+    return r;
+}
+
 /* What the kernel's execve would say about `path` before it replaces the image; 0 if the
  * program would start.  Mirrors the loader's checks without mapping anything. */
 static int exec_precheck(const char *path, int depth)
 {
     if (depth > KBOX_SCRIPT_MAX_DEPTH)
         return -ELOOP;
-    long r = KSYS4(__NR_faccessat, AT_FDCWD, path, X_OK, 0);
+    long r = access_x(path);
     if (r < 0)
         return (int)r;
-    long fd = kbox_openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+    long fd = kbox_view_openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0)
         return (int)fd;
     /* Map the whole file (nothing is read until touched): the ELF checks compare offsets
@@ -69,7 +83,7 @@ static int exec_precheck(const char *path, int depth)
         kbox_buf_init(&err, msg, sizeof(msg));
         rc = kbox_elf_check(buf, size, &info, &err);
         if (rc == 0 && info.is_dynamic && info.interp[0]) {
-            rc = (int)KSYS4(__NR_faccessat, AT_FDCWD, info.interp, X_OK, 0);
+            rc = (int)access_x(info.interp);
             if (rc == -EACCES)
                 rc = -ELIBBAD;
         }

@@ -134,7 +134,7 @@ bool kbox_runtime_fixup(const struct kbox_req *req, struct kbox_answer *ans, kbo
         int64_t r = 0;
         for (;;) {
             unsigned cut = hi;
-            for (int i = 0; i < 2; i++)
+            for (int i = 0; i < KBOX_OWN_FDS; i++)
                 if (kbox_own_fd[i] >= 0 && (unsigned)kbox_own_fd[i] >= lo &&
                     (unsigned)kbox_own_fd[i] <= cut)
                     cut = (unsigned)kbox_own_fd[i];

@@ -23,7 +23,10 @@ extern struct kbox_runtime kbox_rt;
 
 static inline bool kbox_is_own_fd(long fd)
 {
-    return fd >= 0 && (fd == kbox_own_fd[0] || fd == kbox_own_fd[1]);
+    for (int i = 0; i < KBOX_OWN_FDS; i++)
+        if (fd >= 0 && fd == kbox_own_fd[i])
+            return true;
+    return false;
 }
 
 /* Runs `nr` with the (dispatcher's) arguments `a` through the gate. */

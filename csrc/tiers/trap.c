@@ -17,6 +17,7 @@
 #include "tiers/clone.h"
 #include "tiers/exec.h"
 #include "tiers/fixups.h"
+#include "tiers/view-rt.h"
 #include "tiers/signals.h"
 #include "tiers/rewrite.h"
 #include "core/bpf.h"
@@ -50,10 +51,27 @@ static void compute_fast_paths(const struct kbox_policy *p)
 {
     for (int nr = 0; nr < KBOX_NR_MAX; nr++)
         kbox_trap_fast[nr] = kbox_dispatch_passthrough(p, nr) &&
-                             !(kbox_sc_props(nr) & (KBOX_SC_RUNTIME | KBOX_SC_FRAME)) ? KBOX_FAST_ANY : 0;
+                             !(kbox_sc_props(nr) & (KBOX_SC_RUNTIME | KBOX_SC_FRAME)) &&
+                             !(kbox_view_on() && kbox_view_touches(nr)) ? KBOX_FAST_ANY : 0;
     /* close is special only for the runtime's own descriptors (open+close is a hot pair). */
-    if (kbox_dispatch_passthrough(p, __NR_close))
+    if (kbox_dispatch_passthrough(p, __NR_close) && kbox_own_fd[2] < 0)
         kbox_trap_fast[__NR_close] = KBOX_FAST_UNLESS_OWN_FD;
+}
+
+/* Runs a call the dispatcher let through: inside the root view if there is one, with the
+ * runtime's adjustments where it needs them (uc: the SIGSYS frame, or NULL). */
+static void run_or_adjust(const struct kbox_req *req, struct kbox_answer *ans, kbox_ucontext_t *uc,
+                          int64_t *ret)
+{
+    struct kbox_view_call vc;
+    vc.active = false;
+    if (kbox_view_on() && kbox_view_touches(req->nr) && kbox_view_enter(req, ans, &vc, ret)) {
+        kbox_view_leave(req, ans, &vc, ret);
+        return;
+    }
+    if (!(kbox_sc_props(req->nr) & KBOX_SC_RUNTIME) || !kbox_runtime_fixup(req, ans, uc, ret))
+        *ret = kbox_rt_run(req->nr, ans->args);
+    kbox_view_leave(req, ans, &vc, ret);
 }
 
 /* Serves a call outside any signal handler (the rewrite slow path); returns the result. */
@@ -69,8 +87,8 @@ static int64_t serve_direct(struct kbox_req *req)
     kbox_dispatch_enter(p, req, &ans);
     if (ans.verdict != KBOX_RUN)
         ret = ans.verdict == KBOX_RETURN ? ans.value : -ans.value;
-    else if (!(kbox_sc_props(req->nr) & KBOX_SC_RUNTIME) || !kbox_runtime_fixup(req, &ans, NULL, &ret))
-        ret = kbox_rt_run(req->nr, ans.args);
+    else
+        run_or_adjust(req, &ans, NULL, &ret);
     return kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN);
 }
 
@@ -178,8 +196,8 @@ void kbox_trap_serve(struct kbox_req *req, const siginfo_t *si, kbox_ucontext_t 
             kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(&quiet, req, &ans, 0, KBOX_RET_KNOWN));
             return;
         }
-    } else if (!(kbox_sc_props(req->nr) & KBOX_SC_RUNTIME) || !kbox_runtime_fixup(req, &ans, uc, &ret)) {
-        ret = kbox_rt_run(req->nr, ans.args);
+    } else {
+        run_or_adjust(req, &ans, uc, &ret);
     }
     kbox_uc_set_ret(uc, (uint64_t)kbox_dispatch_exit(p, req, &ans, ret, KBOX_RET_KNOWN));
 }
@@ -320,6 +338,9 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
     load_or_exit(L, &img);
     kbox_rt.policy = L->policy;
     kbox_rt.launch = L;
+    kbox_own_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
+    kbox_own_fd[1] = L->shared_fd;
+    kbox_own_fd[2] = kbox_view.root_fd;
     compute_fast_paths(L->policy);
     if (L->rewrite)
         kbox_rewrite_enable(kbox_trap_fast, KBOX_NR_MAX, kbox_own_fd);
@@ -331,8 +352,6 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
         if (kbox_maps_find(img.main_entry, &text) == 0 && (text.prot & PROT_EXEC))
             kbox_rewrite_promote(text.lo, text.hi);
     }
-    kbox_own_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
-    kbox_own_fd[1] = L->shared_fd;
     {
         struct kbox_buf g;
         kbox_buf_init(&g, kbox_rt.guest_exe, sizeof(kbox_rt.guest_exe));

@@ -39,7 +39,8 @@ static void put_arg(const struct ctx *c, struct kbox_buf *b, int i, int kind)
             kbox_buf_dec(b, as_int(v));
         break;
     case KA_PTR: kbox_tr_put_ptr(b, v); break;
-    case KA_PATH: kbox_tr_put_cstr(c, b, v, PATH_MAX_SHOWN); break;
+    case KA_PATH:
+    case KA_LINKTARGET: kbox_tr_put_cstr(c, b, v, PATH_MAX_SHOWN); break;
     case KA_STR: kbox_tr_put_cstr(c, b, v, c->strsize); break;
     case KA_BUF_IN: kbox_tr_put_bytes(c, b, v, next, c->strsize); break;
     case KA_BUF_OUT:

@@ -1,0 +1,296 @@
+#include "core/view.h"
+#include "lib/buf.h"
+#include "lib/str.h"
+#include "lib/sys.h"
+#include <linux/errno.h>
+#include <linux/fcntl.h>
+#include <linux/openat2.h>
+
+#ifndef __NR_openat2
+#define __NR_openat2 437
+#endif
+
+struct kbox_view kbox_view = { .root_fd = -1 };
+
+int kbox_view_init(const char *root, int fd_at)
+{
+    size_t n = kbox_strlen(root);
+    if (root[0] != '/' || n >= sizeof(kbox_view.root))
+        return -EINVAL;
+    long fd = kbox_openat(AT_FDCWD, root, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return (int)fd;
+    if (fd_at >= 0 && KSYS3(__NR_dup3, fd, fd_at, O_CLOEXEC) == fd_at) {
+        kbox_close((int)fd);
+        fd = fd_at;
+    }
+    while (n > 1 && root[n - 1] == '/')
+        n--;
+    if (n == 1)
+        n = 0; /* the host's own root: every host path is inside */
+    memcpy(kbox_view.root, root, n);
+    kbox_view.root[n] = 0;
+    kbox_view.root_len = n;
+    kbox_view.root_fd = (int)fd;
+    return 0;
+}
+
+static bool has_prefix_dir(const char *p, const char *dir)
+{
+    size_t n = kbox_strlen(dir);
+    return kbox_strncmp(p, dir, n) == 0 && (p[n] == 0 || p[n] == '/');
+}
+
+/* Guest paths that are the host's: the kernel's own filesystems. */
+static bool host_passthrough(const char *p)
+{
+    return has_prefix_dir(p, "/proc") || has_prefix_dir(p, "/dev") || has_prefix_dir(p, "/sys");
+}
+
+/* Paths through a process's links in /proc that would walk the host's tree from a point in
+ * the view: /proc/P/root[/rest] is the view's root; /proc/P/cwd/rest and /proc/P/fd/N/rest
+ * continue from the link's guest path, inside the view (a link outside the view cannot be
+ * walked: -EACCES).  Returns the guest path to resolve instead (in buf or inside p), NULL
+ * for an ordinary /proc path, or NULL with *err set. */
+static const char *proc_translate(const char *p, char *buf, size_t cap, long *err)
+{
+    if (kbox_strncmp(p, "/proc/", 6) != 0)
+        return NULL;
+    const char *q = p + 6;
+    if (kbox_strncmp(q, "self/", 5) == 0)
+        q += 5;
+    else if (kbox_strncmp(q, "thread-self/", 12) == 0)
+        q += 12;
+    else {
+        const char *d = q;
+        while (*q >= '0' && *q <= '9')
+            q++;
+        if (q == d || *q != '/')
+            return NULL;
+        q++;
+    }
+    if (kbox_strncmp(q, "root", 4) == 0 && (q[4] == 0 || q[4] == '/'))
+        return q[4] ? q + 4 : "/";
+    const char *rest;
+    if (kbox_strncmp(q, "cwd/", 4) == 0) {
+        rest = q + 4;
+    } else if (kbox_strncmp(q, "fd/", 3) == 0) {
+        rest = q + 3;
+        while (*rest >= '0' && *rest <= '9')
+            rest++;
+        if (rest == q + 3 || *rest != '/')
+            return NULL;
+        rest++;
+    } else {
+        return NULL;
+    }
+    if (!*rest)
+        return NULL; /* the link itself: opening it walks nothing */
+    char link[64], host[KBOX_VIEW_PATH_MAX];
+    size_t ln = (size_t)(rest - 1 - p);
+    if (ln >= sizeof(link))
+        return NULL;
+    memcpy(link, p, ln);
+    link[ln] = 0;
+    long n = KSYS4(__NR_readlinkat, AT_FDCWD, link, host, sizeof(host) - 1);
+    if (n < 0) {
+        *err = n;
+        return NULL;
+    }
+    host[n] = 0;
+    long g = kbox_view_guest_path(host, buf, cap);
+    if (g < 0) {
+        *err = -EACCES;
+        return NULL;
+    }
+    struct kbox_buf b;
+    kbox_buf_init(&b, buf + g, cap - (size_t)g);
+    kbox_buf_putc(&b, '/');
+    kbox_buf_puts(&b, rest);
+    if (b.truncated) {
+        *err = -ENAMETOOLONG;
+        return NULL;
+    }
+    return buf;
+}
+
+/* The guest path to resolve for `path`: a /proc link's target inside the view, or `path`;
+ * NULL with *err set when it cannot be. */
+static const char *through_proc(const char *path, char *buf, size_t cap, long *err)
+{
+    *err = 0;
+    const char *t = proc_translate(path, buf, cap, err);
+    if (!t && *err)
+        return NULL;
+    return t ? t : path;
+}
+
+static long openat2_in(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve)
+{
+    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
+    return KSYS4(__NR_openat2, dirfd, path, &how, sizeof(how));
+}
+
+/* The guest path of directory `dirfd` (AT_FDCWD: the working directory) into out. */
+static long guest_dir(int dirfd, char *out, size_t cap)
+{
+    char host[KBOX_VIEW_PATH_MAX];
+    long n;
+    if (dirfd == AT_FDCWD) {
+        n = KSYS2(__NR_getcwd, host, sizeof(host));
+        if (n < 0)
+            return n;
+    } else {
+        char link[32];
+        struct kbox_buf b;
+        kbox_buf_init(&b, link, sizeof(link));
+        kbox_buf_puts(&b, "/proc/self/fd/");
+        kbox_buf_dec(&b, dirfd);
+        n = KSYS4(__NR_readlinkat, AT_FDCWD, link, host, sizeof(host) - 1);
+        if (n < 0)
+            return n;
+        host[n] = 0;
+    }
+    return kbox_view_guest_path(host, out, cap) < 0 ? -EXDEV : 0;
+}
+
+/* openat2 of a guest path confined to the view: absolute paths from the root; relative ones
+ * beneath dirfd, and when they climb above it (or meet an absolute symlink), again from the
+ * root with dirfd's guest path in front. */
+static void fd_path(struct kbox_buf *b, long fd);
+static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
+{
+    if (path[0] == '/')
+        return openat2_in(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT);
+    /* The working directory is always inside the view (chdir is translated, fchdir checked);
+     * another directory fd may be one the program inherited from outside. */
+    if (dirfd != AT_FDCWD) {
+        int in = kbox_view_fd_inside(dirfd);
+        if (in <= 0)
+            return in < 0 ? in : -EACCES;
+    }
+    long r = openat2_in(dirfd, path, flags, mode, RESOLVE_BENEATH);
+    if (r != -EXDEV)
+        return r;
+    char abs[KBOX_VIEW_PATH_MAX];
+    long g = guest_dir(dirfd, abs, sizeof(abs));
+    if (g < 0)
+        return g == -EXDEV ? -EACCES : g; /* a directory outside the view: no way up */
+    struct kbox_buf b;
+    kbox_buf_init(&b, abs + kbox_strlen(abs), sizeof(abs) - kbox_strlen(abs));
+    kbox_buf_putc(&b, '/');
+    kbox_buf_puts(&b, path);
+    if (b.truncated)
+        return -ENAMETOOLONG;
+    return openat2_in(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT);
+}
+
+int kbox_view_fd_inside(int fd)
+{
+    char guest[KBOX_VIEW_PATH_MAX];
+    long r = guest_dir(fd, guest, sizeof(guest));
+    return r == 0 ? 1 : r == -EXDEV ? 0 : (int)r;
+}
+
+int kbox_view_cwd_allowed(int fd)
+{
+    char host[KBOX_VIEW_PATH_MAX], link[32];
+    struct kbox_buf b;
+    kbox_buf_init(&b, link, sizeof(link));
+    fd_path(&b, fd);
+    long n = KSYS4(__NR_readlinkat, AT_FDCWD, link, host, sizeof(host) - 1);
+    if (n < 0)
+        return (int)n;
+    host[n] = 0;
+    return kbox_view_guest_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
+}
+
+long kbox_view_openat(int dirfd, const char *path, int flags, int mode)
+{
+    if (!kbox_view_on())
+        return kbox_openat(dirfd, path, flags, mode);
+    char buf[KBOX_VIEW_PATH_MAX];
+    long err = 0;
+    const char *t = through_proc(path, buf, sizeof(buf), &err);
+    if (!t)
+        return err;
+    if (t == path && host_passthrough(path))
+        return kbox_openat(dirfd, path, flags, mode);
+    path = t;
+    /* openat2 refuses a mode without O_CREAT/O_TMPFILE, where openat ignores it. */
+    if (!(flags & (O_CREAT | __O_TMPFILE)))
+        mode = 0;
+    /* openat forces O_LARGEFILE on 64-bit; openat2 with O_PATH refuses it. */
+    uint64_t f = (uint64_t)(unsigned)flags | ((flags & O_PATH) ? 0 : O_LARGEFILE);
+    return view_open(dirfd, path, f, (uint64_t)(unsigned)mode & 07777);
+}
+
+static void fd_path(struct kbox_buf *b, long fd)
+{
+    kbox_buf_puts(b, "/proc/self/fd/");
+    kbox_buf_dec(b, fd);
+}
+
+int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, size_t cap, int *tmpfd)
+{
+    struct kbox_buf b;
+    kbox_buf_init(&b, out, cap);
+    *tmpfd = -1;
+    char buf[KBOX_VIEW_PATH_MAX];
+    long err = 0;
+    const char *t = path[0] ? through_proc(path, buf, sizeof(buf), &err) : path;
+    if (!t)
+        return (int)err;
+    if (!path[0] || (t == path && host_passthrough(path))) {
+        kbox_buf_puts(&b, path);
+        return b.truncated ? -ENAMETOOLONG : 0;
+    }
+    path = t;
+    /* The final component, unless the call follows it or it is "", "." or "..". */
+    size_t n = kbox_strlen(path), end = n;
+    while (end > 0 && path[end - 1] == '/')
+        end--;
+    size_t start = end;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    bool dots = (end - start == 1 && path[start] == '.') ||
+                (end - start == 2 && path[start] == '.' && path[start + 1] == '.');
+    if (follow || end == 0 || dots || end != n) {
+        long fd = view_open(dirfd, path, O_PATH | O_CLOEXEC, 0);
+        if (fd < 0)
+            return (int)fd;
+        *tmpfd = (int)fd;
+        fd_path(&b, fd);
+        return b.truncated ? -ENAMETOOLONG : 0;
+    }
+    char parent[KBOX_VIEW_PATH_MAX];
+    if (start >= sizeof(parent))
+        return -ENAMETOOLONG;
+    memcpy(parent, path, start);
+    parent[start] = 0;
+    if (start == 0) {
+        parent[0] = '.';
+        parent[1] = 0;
+    }
+    long fd = view_open(dirfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return (int)fd;
+    *tmpfd = (int)fd;
+    fd_path(&b, fd);
+    kbox_buf_putc(&b, '/');
+    kbox_buf_puts(&b, path + start);
+    return b.truncated ? -ENAMETOOLONG : 0;
+}
+
+long kbox_view_guest_path(const char *host, char *out, size_t cap)
+{
+    size_t rl = kbox_view.root_len;
+    if (kbox_strncmp(host, kbox_view.root, rl) != 0 || (host[rl] != 0 && host[rl] != '/'))
+        return -1;
+    const char *rest = host[rl] ? host + rl : "/";
+    size_t n = kbox_strlen(rest);
+    if (n + 1 > cap)
+        return -1;
+    memmove(out, rest, n + 1);
+    return (long)n;
+}

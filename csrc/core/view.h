@@ -1,0 +1,56 @@
+/* The root filesystem view (kbox run --root DIR): the program's paths name files inside DIR.
+ *
+ * Resolution is the kernel's, confined: openat2(2) with RESOLVE_IN_ROOT from a descriptor
+ * of the root, so `..` at the root stays there and absolute symlinks resolve inside it, on
+ * both kernels of the matrix (Linux >= 5.6).  A call then runs on what was resolved, named
+ * through its descriptor ("/proc/self/fd/N", or "/proc/self/fd/N/name" for calls that act
+ * on a final symlink itself), so the kernel never walks the program's path from the host's
+ * root.  /proc, /dev and /sys are the host's (guest paths under them pass unchanged), except
+ * /proc/<pid>/root, which names the view's root.
+ *
+ * This is the part every tier shares; tiers/view-rt.c applies it in the in-process tiers.
+ */
+#ifndef KBOX_CORE_VIEW_H
+#define KBOX_CORE_VIEW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KBOX_VIEW_PATH_MAX 4096
+
+struct kbox_view {
+    int root_fd;                 /* O_PATH directory of the root; -1: no view */
+    char root[KBOX_VIEW_PATH_MAX]; /* its canonical host path, no trailing '/' ("" for "/") */
+    size_t root_len;
+};
+extern struct kbox_view kbox_view;
+
+static inline bool kbox_view_on(void) { return kbox_view.root_fd >= 0; }
+
+/* Opens the root (a canonical absolute host path) and keeps its descriptor at `fd_at` if
+ * that number is free; 0 or -errno. */
+int kbox_view_init(const char *root, int fd_at);
+
+/* openat(2) of a guest path inside the view (plain openat when there is none). */
+long kbox_view_openat(int dirfd, const char *path, int flags, int mode);
+
+/* A host path for the guest path `path` (relative to `dirfd`), written to out[cap]:
+ * "/proc/self/fd/N" naming the resolved object (follow: the final symlink is followed), or
+ * "/proc/self/fd/N/last" naming the final component inside its resolved parent (the call
+ * acts on a final symlink itself), or the path unchanged (host /proc, /dev, /sys; an empty
+ * path).  *tmpfd receives N, to close once the call has run (-1 if none).  0 or -errno. */
+int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, size_t cap, int *tmpfd);
+
+/* 1 if descriptor `fd` names something inside the view, 0 if outside, or -errno (EBADF). */
+int kbox_view_fd_inside(int fd);
+
+/* 1 if the directory `fd` may become the working directory (inside the view, or in the
+ * host's /proc, /dev, /sys, where relative paths stay beneath it), 0 if not, or -errno. */
+int kbox_view_cwd_allowed(int fd);
+
+/* The guest path for a host path: the part after the root, "/" for the root itself; the
+ * length written, or -1 if `host` is outside the root (left unchanged). */
+long kbox_view_guest_path(const char *host, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,178 @@
+/* The root filesystem view in the in-process tiers: every path argument of the program's
+ * calls (the syscall table's KA_PATH) is resolved inside the root by core/view.c and the
+ * call runs on the result; opens are served from the resolution itself (openat2 returns the
+ * program's descriptor); getcwd and readlink of /proc links report guest paths.
+ *
+ * A path's final symlink is followed unless the call says otherwise (KBOX_SC_NOFOLLOW, or
+ * AT_SYMLINK_NOFOLLOW in its flags; linkat follows only with AT_SYMLINK_FOLLOW).  The
+ * contents of a new symlink (KA_LINKTARGET) are stored as given: they are resolved inside
+ * the view when something follows them.
+ *
+ * The in-process tiers translate a cooperative program's paths exactly; a program that races
+ * its own path buffers or makes calls from code kbox has not seen is not contained (see
+ * docs/tiers.md).
+ */
+#include "tiers/view-rt.h"
+#include "tiers/runtime.h"
+#include "core/mem.h"
+#include "lib/str.h"
+#include <linux/errno.h>
+#include <linux/fcntl.h>
+
+bool kbox_view_touches(int nr)
+{
+    const struct kbox_sysent *e = kbox_sysent(nr);
+    if (!e || (e->props & KBOX_SC_EXEC))
+        return false; /* execve resolves its program through the view itself (exec.c) */
+    if ((e->props & KBOX_SC_OPEN) || e->arg[0] == KA_PATH_OUT || nr == __NR_fchdir)
+        return true;
+    for (int i = 0; i < e->nargs; i++)
+        if (e->arg[i] == KA_PATH)
+            return true;
+    return false;
+}
+
+static int flags_arg(const struct kbox_sysent *e, const uint64_t *a)
+{
+    for (int i = 0; i < e->nargs; i++)
+        if (e->arg[i] == KA_AT_FLAGS)
+            return (int)a[i];
+    return 0;
+}
+
+static bool follows(const struct kbox_req *req, const struct kbox_sysent *e, const uint64_t *a, int i)
+{
+    if (req->nr == __NR_linkat)
+        return i == 1 && (a[4] & AT_SYMLINK_FOLLOW);
+    if (e->props & KBOX_SC_NOFOLLOW)
+        return false;
+    return !(flags_arg(e, a) & AT_SYMLINK_NOFOLLOW);
+}
+
+static int dirfd_of(const struct kbox_sysent *e, const uint64_t *a, int i)
+{
+    return i > 0 && e->arg[i - 1] == KA_DIRFD ? (int)a[i - 1] : AT_FDCWD;
+}
+
+/* The open family, served: the descriptor comes straight from the confined resolution. */
+static int64_t view_open(const struct kbox_req *req, const uint64_t *a, const char *path)
+{
+    switch (req->nr) {
+#ifdef __NR_open
+    case __NR_open:
+        return kbox_view_openat(AT_FDCWD, path, (int)a[1], (int)a[2]);
+#endif
+#ifdef __NR_creat
+    case __NR_creat:
+        return kbox_view_openat(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, (int)a[1]);
+#endif
+    case __NR_openat:
+        return kbox_view_openat((int)a[0], path, (int)a[2], (int)a[3]);
+    default:
+        /* openat2 with its own RESOLVE_* flags would need both confinements at once; the
+         * program's libc falls back to openat. */
+        return -ENOSYS;
+    }
+}
+
+bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct kbox_view_call *vc,
+                     int64_t *ret)
+{
+    const struct kbox_sysent *e = kbox_sysent(req->nr);
+    uint64_t *a = ans->args;
+    vc->tmpfd[0] = vc->tmpfd[1] = -1;
+    vc->active = true;
+    if (req->nr == __NR_fchdir) {
+        /* The working directory stays inside the view: relative paths resolve beneath it. */
+        int in = kbox_view_cwd_allowed((int)a[0]);
+        if (in <= 0) {
+            *ret = in < 0 ? in : -EACCES;
+            return true;
+        }
+        return false;
+    }
+    int k = 0;
+    for (int i = 0; e && i < e->nargs && k < 2; i++) {
+        if (e->arg[i] != KA_PATH)
+            continue;
+        char guest[KBOX_VIEW_PATH_MAX];
+        long n = kbox_mem_read_str(&kbox_rt.self_mem, a[i], guest, sizeof(guest));
+        if (n < 0 || n >= (long)sizeof(guest) - 1) {
+            *ret = n < 0 ? n : -ENAMETOOLONG;
+            return true;
+        }
+        if (e->props & KBOX_SC_OPEN) {
+            *ret = view_open(req, a, guest);
+            return true;
+        }
+        int r = kbox_view_host_path(dirfd_of(e, a, i), guest, follows(req, e, a, i), vc->path[k],
+                                    sizeof(vc->path[k]), &vc->tmpfd[k]);
+        if (r < 0) {
+            *ret = r;
+            return true;
+        }
+        a[i] = (uint64_t)(uintptr_t)vc->path[k];
+        k++;
+    }
+    if (req->nr == __NR_chdir) {
+        /* As fchdir: a /proc link may name a directory outside the view. */
+        long fd = kbox_openat(AT_FDCWD, vc->path[0], O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+        int in = fd < 0 ? (int)fd : kbox_view_cwd_allowed((int)fd);
+        if (fd >= 0)
+            kbox_close((int)fd);
+        if (in <= 0) {
+            *ret = in < 0 ? in : -EACCES;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Rewrites the host path the kernel wrote at `addr` (`len` bytes, NUL included when `nul`)
+ * into a guest path; returns the new length (as the call reports it), or `len` unchanged. */
+static int64_t guest_result(uint64_t addr, int64_t len, bool nul)
+{
+    char host[KBOX_VIEW_PATH_MAX + 1];
+    if (len <= 0 || len > KBOX_VIEW_PATH_MAX)
+        return len;
+    if (kbox_rt.self_mem.read(&kbox_rt.self_mem, addr, host, (size_t)len) != len)
+        return len;
+    host[len] = 0;
+    long g = kbox_view_guest_path(host, host, sizeof(host));
+    if (g < 0)
+        return len;
+    size_t out = (size_t)g + (nul ? 1 : 0);
+    if (kbox_rt.self_mem.write(&kbox_rt.self_mem, addr, host, out) != (long)out)
+        return len;
+    return (int64_t)out;
+}
+
+void kbox_view_leave(const struct kbox_req *req, const struct kbox_answer *ans,
+                     struct kbox_view_call *vc, int64_t *ret)
+{
+    if (!vc->active)
+        return;
+    for (int k = 0; k < 2; k++)
+        if (vc->tmpfd[k] >= 0)
+            kbox_close(vc->tmpfd[k]);
+    if (*ret < 0)
+        return;
+    if (req->nr == __NR_getcwd) {
+        *ret = guest_result(req->args[0], *ret, true);
+        return;
+    }
+    int pi = -1;
+#ifdef __NR_readlink
+    if (req->nr == __NR_readlink)
+        pi = 0;
+#endif
+    if (req->nr == __NR_readlinkat)
+        pi = 1;
+    if (pi >= 0) {
+        /* Links under /proc (fd/N, cwd, exe of other processes) hold host paths. */
+        char p[8];
+        if (kbox_mem_read_str(&kbox_rt.self_mem, req->args[pi], p, sizeof(p)) >= 6 &&
+            kbox_strncmp(p, "/proc/", 6) == 0)
+            *ret = guest_result(ans->args[pi + 1], *ret, false);
+    }
+}
