@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -102,8 +103,22 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[str]:
-    """The command running kbox-bench natively or under one kbox mode."""
+# Where `kbox bench --root` puts kbox-bench inside the tree it builds.
+ROOT_BENCH_PATH = "/usr/bin/kbox-bench"
+
+
+def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str,
+               root: str | None = None) -> list[str]:
+    """The command running kbox-bench natively or under one kbox mode; with `root`, inside
+    that tree (natively: chroot(2) of it; under kbox: the root view)."""
+    if root is not None:
+        if mode == "native":
+            return ["chroot", root, ROOT_BENCH_PATH, *bench_args]
+        from kbox import runner
+        if mode not in (TRAP, REWRITE):
+            raise RuntimeError("the root view is served by the in-process tiers (trap, rewrite)")
+        return list(runner.launch_argv(ROOT_BENCH_PATH, list(bench_args), mode=mode,
+                                       extra=[f"--root={root}", "--workdir=/"]))
     if mode == "native":
         return [bench_path, *bench_args]
     if mode.startswith("floor-"):
@@ -119,13 +134,14 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str) -> list[st
 
 
 def _run_once(mode: str, bench_path: str, iterations: int, repeats: int, rows: str | None,
-              timeout: float, max_seconds: float | None = None) -> dict[str, Any]:
+              timeout: float, max_seconds: float | None = None,
+              root: str | None = None) -> dict[str, Any]:
     args = ["--iterations", str(iterations), "--repeats", str(repeats), "--json"]
     if max_seconds:
         args += ["--max-seconds", str(max_seconds)]
     if rows:
         args += ["--rows", rows]
-    argv = bench_argv(mode, args, bench_path)
+    argv = bench_argv(mode, args, bench_path, root)
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)
@@ -157,7 +173,7 @@ def bench_program(libc: str) -> Path:
 def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: int = 3,
                   rows: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                   progress: Any = None, max_seconds: float | None = None,
-                  libc: str = "glibc") -> BenchResult:
+                  libc: str = "glibc", root: str | None = None) -> BenchResult:
     """Measure every mode in interleaved rounds; native is always measured (the baseline)."""
     say = progress or (lambda msg: None)
     bench_path = str(bench_program(libc))
@@ -166,7 +182,7 @@ def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: i
 
     for mode in ordered:
         try:
-            _run_once(mode, bench_path, PROBE_ITERATIONS, 1, rows, PROBE_TIMEOUT)
+            _run_once(mode, bench_path, PROBE_ITERATIONS, 1, rows, PROBE_TIMEOUT, root=root)
         except (RuntimeError, UserError, ImportError) as exc:
             if mode == "native":
                 raise UserError(f"kbox bench: kbox-bench does not run natively: {exc}") from exc
@@ -179,7 +195,8 @@ def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: i
         for mode in list(result.modes):
             say(f"kbox bench: round {rnd}/{rounds}, mode {mode}")
             try:
-                data = _run_once(mode, bench_path, iterations, repeats, rows, timeout, max_seconds)
+                data = _run_once(mode, bench_path, iterations, repeats, rows, timeout, max_seconds,
+                                 root)
             except RuntimeError as exc:
                 # It passed the probe, so this is a failure worth reporting, not a skip.
                 result.modes.remove(mode)
@@ -244,6 +261,10 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--libc", choices=sorted(BENCH_PROGRAMS), default="glibc",
                    help="the C library kbox-bench is built with (musl: a static build; "
                         "default glibc)")
+    p.add_argument("--root", action="store_true",
+                   help="run kbox-bench inside a root filesystem tree built for it (kbox-bench "
+                        "and its libraries): the tiers serve its paths through the root view, "
+                        "and native is a chroot of the same tree (needs root)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object with a "rows" list of '
                         '{"name", "mode", "us_per_call", "ratio"}')
@@ -263,14 +284,31 @@ def run_bench(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
-                           args.timeout, progress, args.max_seconds, args.libc)
+    if not args.root:
+        result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
+                               args.timeout, progress, args.max_seconds, args.libc)
+    else:
+        if os.geteuid() != 0:
+            raise UserError("kbox bench --root: the native baseline is a chroot of the tree, "
+                            "which needs root", exit_code=2)
+        import tempfile
+        from kbox import rootfs
+        with tempfile.TemporaryDirectory(prefix="kbox-bench-root-") as tree:
+            rootfs.make_layout(Path(tree))
+            rootfs.make_device_nodes(Path(tree))
+            bench = bench_program(args.libc)
+            rootfs.copy_file(str(bench), Path(tree))
+            os.rename(Path(tree) / str(bench).lstrip("/"), Path(tree) / ROOT_BENCH_PATH.lstrip("/"))
+            for lib in rootfs.needed(str(bench)):
+                rootfs.copy_file(lib, Path(tree))
+            result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
+                                   args.timeout, progress, args.max_seconds, args.libc, root=tree)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         print(f"kbox bench ({BENCH_PROGRAMS[args.libc]}): {args.iterations} calls per pass, "
               f"best of {args.repeats} passes x {args.rounds} rounds; ratio = mode / native "
-              "in this run")
+              "in this run" + ("; inside a root tree (native: chroot of it)" if args.root else ""))
         print(result.table())
         short = result.cut_short()
         if short:

@@ -126,7 +126,7 @@ def test_bench_interleaves_rounds_and_skips_an_unavailable_mode(
     monkeypatch.setenv("KBOX_NATIVE_DIR", str(bench_dir))
     calls: list[str] = []
 
-    def fake_argv(mode: str, bench_args_: list[str], path: str) -> list[str]:
+    def fake_argv(mode: str, bench_args_: list[str], path: str, root: str | None = None) -> list[str]:
         calls.append(mode)
         if mode == "rewrite":
             return ["sh", "-c", "echo 'kbox: rewrite is not supported on this kernel' >&2; "
@@ -151,7 +151,7 @@ def test_bench_default_modes_tolerate_absent_tiers(bench_dir: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KBOX_NATIVE_DIR", str(bench_dir))
-    monkeypatch.setattr(bench, "bench_argv", lambda mode, a, path: [path, *a]
+    monkeypatch.setattr(bench, "bench_argv", lambda mode, a, path, root=None: [path, *a]
                         if mode == "native" else ["false"])
     args = bench_args(iterations=200, rounds=1, repeats=1, json=True)
     assert bench.run_bench(args) == 0
@@ -189,3 +189,12 @@ def test_bench_under_a_real_tier_costs_more_than_native(mode: str) -> None:
     assert mode in result.modes, result.skipped
     ratio = result.ratio("syscall500", mode)
     assert ratio is not None and ratio > 1.0, result.to_json()
+
+
+def test_bench_argv_inside_a_root_runs_chroot_natively_and_the_view_under_kbox():
+    native = bench.bench_argv("native", ["--json"], "/ignored", root="/r")
+    assert native == ["chroot", "/r", bench.ROOT_BENCH_PATH, "--json"]
+    rw = bench.bench_argv("rewrite", ["--json"], "/ignored", root="/r")
+    assert "--root=/r" in rw and "--syscall-mode=rewrite" in rw and rw[-2:] == [bench.ROOT_BENCH_PATH, "--json"]
+    with pytest.raises(RuntimeError, match="in-process tiers"):
+        bench.bench_argv("seccomp", [], "/ignored", root="/r")
