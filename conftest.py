@@ -130,6 +130,10 @@ def pytest_configure(config: pytest.Config) -> None:
 # points, posix_spawn, raise).  They cost about a quarter of all the musl builds (x86_64
 # 6.1: 22 s of 82 s); the full matrix runs every one.
 QUICK_MUSL = ("altstack", "cancel", "exitsignal", "forkexec", "signals", "sigsys_mask", "vfork")
+# The root view programs --quick keeps (vmtests/test_root_view.py): the shell and coreutils
+# ones; python3 and sqlite3 cost ~25 s a run in an aarch64 TCG guest, and the full matrix
+# runs them.
+QUICK_ROOT_PROGRAMS = ("cd-and-up", "files", "os-release")
 
 
 def _quick_deselects(item: pytest.Item) -> bool:
@@ -142,6 +146,9 @@ def _quick_deselects(item: pytest.Item) -> bool:
     if program.endswith("-dynamic"):
         return True
     if program.endswith("-musl") and program[:-len("-musl")] not in QUICK_MUSL:
+        return True
+    if item.name.startswith("test_program_inside_the_root") and \
+            cs.params.get("name") not in QUICK_ROOT_PROGRAMS:
         return True
     return item.name.startswith("test_real_program_matches_native")
 
