@@ -131,33 +131,35 @@ static long openat2_in(int dirfd, const char *path, uint64_t flags, uint64_t mod
     return KSYS4(__NR_openat2, dirfd, path, &how, sizeof(how));
 }
 
+static void fd_path(struct kbox_buf *b, long fd);
+
+/* The host path descriptor `fd` names (readlink of /proc/self/fd/N); its length or -errno. */
+static long fd_host_path(int fd, char *host, size_t cap)
+{
+    char link[32];
+    struct kbox_buf b;
+    kbox_buf_init(&b, link, sizeof(link));
+    fd_path(&b, fd);
+    long n = KSYS4(__NR_readlinkat, AT_FDCWD, link, host, cap - 1);
+    if (n >= 0)
+        host[n] = 0;
+    return n;
+}
+
 /* The guest path of directory `dirfd` (AT_FDCWD: the working directory) into out. */
 static long guest_dir(int dirfd, char *out, size_t cap)
 {
     char host[KBOX_VIEW_PATH_MAX];
-    long n;
-    if (dirfd == AT_FDCWD) {
-        n = KSYS2(__NR_getcwd, host, sizeof(host));
-        if (n < 0)
-            return n;
-    } else {
-        char link[32];
-        struct kbox_buf b;
-        kbox_buf_init(&b, link, sizeof(link));
-        kbox_buf_puts(&b, "/proc/self/fd/");
-        kbox_buf_dec(&b, dirfd);
-        n = KSYS4(__NR_readlinkat, AT_FDCWD, link, host, sizeof(host) - 1);
-        if (n < 0)
-            return n;
-        host[n] = 0;
-    }
+    long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
+                               : fd_host_path(dirfd, host, sizeof(host));
+    if (n < 0)
+        return n;
     return kbox_view_guest_path(host, out, cap) < 0 ? -EXDEV : 0;
 }
 
 /* openat2 of a guest path confined to the view: absolute paths from the root; relative ones
  * beneath dirfd, and when they climb above it (or meet an absolute symlink), again from the
  * root with dirfd's guest path in front. */
-static void fd_path(struct kbox_buf *b, long fd);
 static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
 {
     if (path[0] == '/')
@@ -194,14 +196,10 @@ int kbox_view_fd_inside(int fd)
 
 int kbox_view_cwd_allowed(int fd)
 {
-    char host[KBOX_VIEW_PATH_MAX], link[32];
-    struct kbox_buf b;
-    kbox_buf_init(&b, link, sizeof(link));
-    fd_path(&b, fd);
-    long n = KSYS4(__NR_readlinkat, AT_FDCWD, link, host, sizeof(host) - 1);
+    char host[KBOX_VIEW_PATH_MAX];
+    long n = fd_host_path(fd, host, sizeof(host));
     if (n < 0)
         return (int)n;
-    host[n] = 0;
     return kbox_view_guest_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
 }
 
