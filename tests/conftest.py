@@ -36,8 +36,13 @@ RUN_TIMEOUT = 180.0
 GUEST_KINDS: list[str] = ["static", "dynamic", "musl"]
 
 
+# Guest programs that only mean something in a setting their own tests make (not natively
+# and under each mode alike): rootescape needs a root view with its marker files.
+OWN_SETTING = ("rootescape",)
+
+
 def guest_names() -> list[str]:
-    return sorted(p.stem for p in GUEST_SRC.glob("*.c"))
+    return sorted(p.stem for p in GUEST_SRC.glob("*.c") if p.stem not in OWN_SETTING)
 
 
 @dataclass
