@@ -91,8 +91,8 @@ IN_PROCESS_EXPECTED = {**EXPECTED, **{c: "ENOSYS" for c in EXPECTED if c.startsw
 AF_UNIX_NOT_TRANSLATED = ("the in-process tiers pass AF_UNIX socket paths to the host unchanged "
                           "(docs/tiers.md, 'Not yet'): bind of an absolute path creates the "
                           "socket file on the host, beside the root")
-KNOWN_ESCAPES = {("trap", "unix-bind-absolute"): AF_UNIX_NOT_TRANSLATED,
-                 ("rewrite", "unix-bind-absolute"): AF_UNIX_NOT_TRANSLATED}
+KNOWN_ESCAPES = {(mode, case): AF_UNIX_NOT_TRANSLATED for mode in ("trap", "rewrite")
+                 for case in ("unix-bind-absolute", "unix-connect-host-socket")}
 
 
 class SeccompRootRefused(Exception):
@@ -129,6 +129,7 @@ class Corpus:
         self.listener.bind(str(self.hostdir / "rootescape-host.sock"))
         self.listener.listen(16)
         self.runs: dict[tuple[str, str], tuple[subprocess.CompletedProcess[str], dict[str, str]]] = {}
+        self.bound_on_host: dict[tuple[str, str], bool] = {}
 
     def run(self, mode: str, kind: str) -> dict[str, str]:
         """Case -> what it reached (the part after "case: "), running the corpus once."""
@@ -145,6 +146,7 @@ class Corpus:
             finally:
                 os.close(fd)
             lines = dict(ln.split(": ", 1) for ln in got.stdout.splitlines() if ": " in ln)
+            self.bound_on_host[key] = (self.hostdir / "rootescape.sock").exists()
             self.runs[key] = (got, lines)
         got, lines = self.runs[key]
         if mode == "seccomp" and got.returncode == 2 and "--root needs an in-process tier" in got.stderr:
@@ -188,7 +190,7 @@ def test_escape_route_reaches_only_what_the_root_holds(CORPUS: Corpus, mode: str
 def test_a_bind_never_creates_its_socket_file_on_the_host(CORPUS: Corpus, mode: str) -> None:
     """What the bind of unix-bind-absolute made, seen from the host: nothing beside the root."""
     CORPUS.run(mode, "static")
-    assert not (CORPUS.hostdir / "rootescape.sock").exists()
+    assert not CORPUS.bound_on_host[(mode, "static")]
 
 
 @pytest.mark.parametrize("mode, kind", [
@@ -203,3 +205,41 @@ def test_every_build_and_auto_reach_what_the_static_build_reaches(CORPUS: Corpus
     known = {c for (m, c) in KNOWN_ESCAPES if m == ("trap" if mode == "auto" else mode)}
     got = {c: v for c, v in lines.items() if c not in known}
     assert got == {c: v for c, v in want.items() if c not in known}
+
+
+# ---- what the check on the host's /proc, /dev and /sys must leave working ---------------
+
+@pytest.fixture(scope="module")
+def SHELL_ROOT(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shell-root") / "root"
+    make_layout(root)
+    for prog in ("/usr/bin/dash", "/usr/bin/cat", "/usr/bin/ls", "/usr/bin/readlink"):
+        copy_program(prog, root)
+    (root / "etc/hostname").write_text("kbox-root\n")
+    return root
+
+
+HOST_TREE_SCRIPT = """
+echo to-null > /dev/null && echo null
+echo piped | cat /dev/stdin
+echo piped-fd | cat /proc/self/fd/0
+cat /dev/fd/3 3</etc/hostname
+cat /proc/self/fd/3 3</etc/hostname
+ls /proc/self/fd/ > /dev/null && echo fd-list
+cd /etc && readlink /proc/self/cwd && cd /
+cat /proc/self/mounts > /dev/null && echo mounts
+cat /sys/class/net/lo/address
+cat /proc/../etc/hostname 2>/dev/null || echo dotdot-refused
+"""
+
+
+@pytest.mark.parametrize("mode", ["trap", "rewrite"])
+def test_the_hosts_proc_dev_and_sys_still_work_inside_the_root(SHELL_ROOT: Path, mode: str) -> None:
+    """Pipes and root files through /dev/stdin, /dev/fd/N and /proc/self/fd/N (magic links to
+    what the process holds), /sys through its relative symlinks, /proc/self/mounts."""
+    got = subprocess.run([sys.executable, "-m", "kbox", "run", f"--syscall-mode={mode}", "--root",
+                          str(SHELL_ROOT), "--", "/usr/bin/dash", "-c", HOST_TREE_SCRIPT],
+                         capture_output=True, text=True, timeout=60)
+    assert got.stdout.split("\n") == ["null", "piped", "piped-fd", "kbox-root", "kbox-root",
+                                      "fd-list", "/etc", "mounts", "00:00:00:00:00:00",
+                                      "dotdot-refused", ""], got.stderr

@@ -203,6 +203,59 @@ int kbox_view_cwd_allowed(int fd)
     return kbox_view_guest_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
 }
 
+/* Paths the view leaves to the host (/proc, /dev, /sys) are walked by the kernel from the
+ * host's root, and `..` (/proc/..), a magic link in the middle (/proc/self/task/T/root/...,
+ * /dev/fd/N/...) or a symlink the program made in a writable one (/dev/shm) can take that
+ * walk anywhere on the host.  So what the walk reaches is checked first: the directory that
+ * holds the final component must still be in those trees or inside the view, and so must
+ * the target of a final symlink the call follows, unless that is one of /proc's magic links
+ * to a non-directory the process already holds (its descriptors, pipes, its executable).
+ * 0, -EACCES, or the walk's own error.  The in-process tiers' promise (a cooperative
+ * program): nothing stops another thread from changing the tree between check and call. */
+static long passthrough_check(const char *path, bool follow)
+{
+    size_t end = kbox_strlen(path), start;
+    if (path[end - 1] == '/')
+        follow = true; /* a trailing slash follows a final symlink */
+    while (end > 0 && path[end - 1] == '/')
+        end--;
+    for (start = end; start > 0 && path[start - 1] != '/'; start--)
+        ;
+    char parent[KBOX_VIEW_PATH_MAX], last[256];
+    if (start <= 1 || end >= sizeof(parent) || end - start >= sizeof(last))
+        return 0; /* /proc, /dev or /sys itself; or a name the kernel refuses (ENAMETOOLONG) */
+    memcpy(parent, path, start);
+    parent[start] = 0;
+    memcpy(last, path + start, end - start);
+    last[end - start] = 0;
+    long pfd = kbox_openat(AT_FDCWD, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (pfd < 0)
+        return pfd;
+    bool dots = !kbox_strcmp(last, ".") || !kbox_strcmp(last, "..");
+    long r = 0, ofd = -1;
+    char c;
+    if (kbox_view_cwd_allowed((int)pfd) != 1) {
+        r = -EACCES;
+    } else if (dots || (follow && KSYS4(__NR_readlinkat, pfd, last, &c, 1) >= 0)) {
+        ofd = kbox_openat((int)pfd, last, O_PATH | O_CLOEXEC, 0);
+        if (ofd < 0) {
+            r = -EACCES; /* a dangling symlink: an O_CREAT would create its host target */
+        } else if (kbox_view_cwd_allowed((int)ofd) != 1) {
+            long m = openat2_in((int)pfd, last, O_PATH | O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS);
+            long d = kbox_openat((int)ofd, ".", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+            if (m >= 0)
+                kbox_close((int)m);
+            if (d >= 0)
+                kbox_close((int)d);
+            r = m == -ELOOP && d < 0 ? 0 : -EACCES;
+        }
+    }
+    if (ofd >= 0)
+        kbox_close((int)ofd);
+    kbox_close((int)pfd);
+    return r;
+}
+
 long kbox_view_openat(int dirfd, const char *path, int flags, int mode)
 {
     if (!kbox_view_on())
@@ -212,8 +265,11 @@ long kbox_view_openat(int dirfd, const char *path, int flags, int mode)
     const char *t = through_proc(path, buf, sizeof(buf), &err);
     if (!t)
         return err;
-    if (t == path && host_passthrough(path))
-        return kbox_openat(dirfd, path, flags, mode);
+    if (t == path && host_passthrough(path)) {
+        long c = passthrough_check(path, !(flags & O_NOFOLLOW) &&
+                                             (flags & (O_CREAT | O_EXCL)) != (O_CREAT | O_EXCL));
+        return c < 0 ? c : kbox_openat(dirfd, path, flags, mode);
+    }
     path = t;
     /* openat2 refuses a mode without O_CREAT/O_TMPFILE, where openat ignores it. */
     if (!(flags & (O_CREAT | __O_TMPFILE)))
@@ -240,6 +296,9 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
     if (!t)
         return (int)err;
     if (!path[0] || (t == path && host_passthrough(path))) {
+        long c = path[0] ? passthrough_check(path, follow) : 0;
+        if (c < 0)
+            return (int)c;
         kbox_buf_puts(&b, path);
         return b.truncated ? -ENAMETOOLONG : 0;
     }
