@@ -16,6 +16,7 @@ examples:
   kbox run --syscall-mode=seccomp --deny openat:EACCES -- cat /etc/hostname
   kbox run --virtual-pid -- sh -c 'echo $$'   the program sees itself as pid 1
   kbox run --root R -- /bin/sh -c 'cat /etc/os-release'   R's files, not the host's
+  kbox rootfs build --arch aarch64 --out R   a minimal Debian tree from Debian packages
   kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
   kbox bench --modes native,seccomp,trap  cost per syscall in each tier
   kbox vm run --arch aarch64 -- uname -m  run a command in an aarch64 guest under QEMU
@@ -128,6 +129,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     add_analyze_command(sub)
     add_bench_command(sub)
+    from kbox.root_debian import add_rootfs_command
+
+    add_rootfs_command(sub)
     try:
         from kbox.vm.cli import add_vm_commands
     except ImportError:  # the VM stack needs paramiko/pexpect; run/analyze/bench do not

@@ -140,6 +140,11 @@ class Resolver:
         for n in names:
             self._stanza[n] = None  # virtual, or not available for this architecture
 
+    def stanza(self, name: str) -> dict[str, str] | None:
+        """The Packages index entry looked up for `name` (Version, SHA256, Size, ...), None if
+        it is virtual or unavailable; what resolve() chose has one."""
+        return self._stanza.get(name)
+
     def _providers(self, virtual: str) -> list[str]:
         out = _run(["apt-cache", "showpkg", f"{virtual}:{self.arch}"], check=False).stdout
         provs: list[str] = []
