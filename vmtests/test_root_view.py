@@ -6,18 +6,20 @@ aarch64 the dynamic loader and libc come from an aarch64 tree; outputs are compa
 native chroot of the same tree in the guest."""
 from __future__ import annotations
 
+import importlib.util
 import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kbox.tiers import AUTO, IN_PROCESS
+from kbox.tiers import AUTO, IN_PROCESS, SECCOMP
 from vmtests.helpers import describe
 
 ROOT = "/tmp/kbox-view-root"
 SECRET = "HOST-SECRET-not-in-the-root"
 ROOTFS_PY = Path(__file__).resolve().parent.parent / "tests" / "rootfs.py"
+CASES_PY = Path(__file__).resolve().parent.parent / "tests" / "rootescape_cases.py"
 
 PROGRAMS = {
     "ls": "ls -a /",
@@ -70,3 +72,86 @@ def test_libc_and_loader_come_from_the_root(vm: Any) -> None:
     assert res.exit_status == 0, describe("maps", res)
     libs = [ln.split()[-1] for ln in res.stdout.splitlines() if "libc.so" in ln or "ld-linux" in ln]
     assert libs and all(p.startswith(root + "/") for p in libs), describe("libs from the host", res)
+
+
+# ---- the escape corpus (tests/guest/rootescape.c; what each line must say is in
+# tests/rootescape_cases.py, shared with the host tests) -------------------------------------
+
+_spec = importlib.util.spec_from_file_location("rootescape_cases", CASES_PY)
+assert _spec is not None and _spec.loader is not None
+CASES: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(CASES)
+
+ESCAPE_DIR = "/tmp/kbox-escape"            # the root, and beside it the host's marker
+ESCAPE_ITERATIONS = 200                    # per racing case: one short run per tier
+# Binds a listening socket beside the marker (the corpus connects to it by its host path) and
+# execs the rest of argv with it still open.
+LISTEN_AND_EXEC = ("import os, socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); "
+                   "s.listen(16); s.set_inheritable(True); os.execvp(sys.argv[2], sys.argv[2:])")
+_escape_runs: dict[tuple[str, str, str, str], tuple[Any, dict[str, str]]] = {}
+
+
+class SeccompRootRefused(Exception):
+    """kbox run --syscall-mode=seccomp --root still refuses (exit 2, one line)."""
+
+
+SECCOMP_XFAIL = pytest.mark.xfail(strict=True, raises=SeccompRootRefused,
+                                  reason="seccomp --root not built yet")
+
+
+def _escape_run(vm: Any, tier: str, program: str) -> dict[str, str]:
+    """The corpus's lines (plus `bound-on-host`: whether a socket file appeared beside the
+    root) for `program` from the image, run once per VM, tier and build in a fresh root."""
+    key = (vm.image.arch, vm.image.kernel, tier, program)
+    if key not in _escape_runs:
+        root, host = f"{ESCAPE_DIR}/root", f"{ESCAPE_DIR}/host"
+        marker, prog = f"{host}/marker", f"{vm.image.guest_programs_dir}/{program}"
+        setup = (f"rm -rf {ESCAPE_DIR} && mkdir -p {host} {root}{host} && "
+                 f"echo \"{CASES.HOST_MARK} $(cat /proc/sys/kernel/random/uuid)\" > {marker} && "
+                 f"echo '{CASES.ROOT_MARK}' > {root}{marker} && cd /tmp && python3 -c "
+                 f"'import pathlib, sys; from kbox.rootfs import copy_program, make_layout; "
+                 f"r = pathlib.Path(sys.argv[2]); make_layout(r); copy_program(sys.argv[1], r)' "
+                 f"{prog} {root}")
+        res = vm.run(setup, timeout=300)
+        assert res.exit_status == 0, describe("building the escape root failed", res)
+        run = shlex.join(["python3", "-c", LISTEN_AND_EXEC, f"{host}/rootescape-host.sock",
+                          "kbox", "run", f"--syscall-mode={tier}", "--root", root, "--", prog,
+                          marker, "7", str(ESCAPE_ITERATIONS)])
+        res = vm.run(f"cd / && exec 7<{host} && {run}; st=$?; "
+                     f"test -S {host}/rootescape.sock && echo bound-on-host: yes || "
+                     "echo bound-on-host: no; exit $st", timeout=600)
+        lines = dict(ln.split(": ", 1) for ln in res.stdout.splitlines() if ": " in ln)
+        _escape_runs[key] = (res, lines)
+    res, lines = _escape_runs[key]
+    if tier == SECCOMP and res.exit_status == 2 and "--root needs an in-process tier" in res.stderr:
+        raise SeccompRootRefused(res.stderr.strip())
+    assert res.exit_status == 0 and "FAIL" not in res.stdout, describe(f"rootescape under {tier}", res)
+    return lines
+
+
+def _known(tier: str) -> set[str]:
+    return {c for (t, c) in CASES.KNOWN_ESCAPES if t == (IN_PROCESS[0] if tier == AUTO else tier)}
+
+
+@pytest.mark.parametrize("tier", [*IN_PROCESS, AUTO, pytest.param(SECCOMP, marks=SECCOMP_XFAIL)])
+@pytest.mark.parametrize("program", ["rootescape-static", "rootescape-dynamic", "rootescape-musl"])
+def test_escape_corpus_reaches_only_what_the_root_holds(vm: Any, tier: str, program: str) -> None:
+    """Every route of the corpus prints its contained line (the known escapes apart)."""
+    lines = _escape_run(vm, tier, program)
+    want = CASES.expected(tier, ESCAPE_ITERATIONS)
+    known = _known(tier)
+    got = {c: v for c, v in lines.items() if c in want and c not in known}
+    assert got == {c: v for c, v in want.items() if c not in known}, \
+        "\n".join(f"{c}: {lines.get(c)!r}, want {v!r}" for c, v in want.items()
+                  if c not in known and lines.get(c) != v)
+
+
+@pytest.mark.parametrize("tier", [
+    *(pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=CASES.AF_UNIX_NOT_TRANSLATED))
+      for t in IN_PROCESS),
+    pytest.param(SECCOMP, marks=SECCOMP_XFAIL)])
+def test_escape_corpus_af_unix_paths_stay_inside_the_root(vm: Any, tier: str) -> None:
+    lines = _escape_run(vm, tier, "rootescape-static")
+    want = CASES.expected(tier, ESCAPE_ITERATIONS)
+    assert ({c: lines.get(c) for c in _known(IN_PROCESS[0])}, lines.get("bound-on-host")) == \
+        ({c: want[c] for c in _known(IN_PROCESS[0])}, "no")

@@ -182,7 +182,14 @@ static void host_fd_cases(void)
 {
     show_open("proc-self-fd-host-dir", at("/proc/self/fd/%d/%s", hostfd, mname));
     show_open("proc-self-fd-host-dir-dotdot", at("/proc/self/fd/%d/../%s", hostfd, mrel));
-    show_open("dev-fd-host-dir", at("/dev/fd/%d/%s", hostfd, mname));
+    /* /dev/fd, or where the system has none (a bare VM's devtmpfs) the same symlink to
+     * /proc/self/fd made in /dev/shm: the same walk through a magic link. */
+    const char *devfd = "/dev/fd", *made = at("/dev/shm/rootescape-%d-fd", (int)getpid());
+    char c;
+    if (readlink(devfd, &c, 1) < 0 && symlink("/proc/self/fd", made) == 0)
+        devfd = made;
+    show_open("dev-fd-host-dir", at("%s/%d/%s", devfd, hostfd, mname));
+    unlink(made);
     show("openat-host-dir", openat(hostfd, mname, O_RDONLY | O_CLOEXEC));
     errno = 0;
     if (fchdir(hostfd) == 0) {
@@ -325,52 +332,59 @@ static void rename_race(void)
 }
 
 static char swap_buf[4096];
-static char swap_in[4096], swap_host[4096];
+static size_t swap_at;
+static char swap_in_c, swap_host_c;
 
+/* Flips one byte, so that the buffer always holds one path or the other, never a mix. */
 static void *swapper(void *arg)
 {
-    size_t n = strlen(swap_in) + 1, m = strlen(swap_host) + 1;
+    volatile char *p = &swap_buf[swap_at];
     while (!stop) {
-        memcpy(swap_buf, swap_host, m);
-        memcpy(swap_buf, swap_in, n);
+        *p = swap_host_c;
+        *p = swap_in_c;
     }
     return arg;
 }
 
-/* One thread opens and stats a path buffer that another flips between a file of the root and
- * MARKER's host path; since the root has its own MARKER, only a call that read the buffer
- * after the view checked it could reach the host's file.  A stat counts as reaching the host
- * when it names neither of the root's two files. */
+/* One thread opens and stats a path buffer that another flips between MARKER's host path and
+ * a file of the root whose name differs in its last byte; since the root has its own MARKER,
+ * only a call that read the buffer after the view checked it could reach the host's file.  A
+ * stat counts as reaching the host when it names neither of the root's two files. */
 static void toctou_swap(void)
 {
-    snprintf(swap_in, sizeof swap_in, "%s/inside", scratch);
-    snprintf(swap_host, sizeof swap_host, "%s", marker);
-    int fd = open(swap_in, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    snprintf(swap_buf, sizeof swap_buf, "%s", marker);
+    swap_at = strlen(swap_buf) - 1;
+    swap_host_c = swap_buf[swap_at];
+    swap_in_c = swap_host_c == 'x' ? 'y' : 'x';
+    char inside[4096];
+    snprintf(inside, sizeof inside, "%.*s%c", (int)swap_at, marker, swap_in_c);
+    int fd = open(inside, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     CHECK(fd >= 0 && write(fd, ROOT_MARK "\n", sizeof ROOT_MARK) == (ssize_t)sizeof ROOT_MARK);
     close(fd);
     struct stat a, b, st;
-    CHECK(stat(swap_in, &a) == 0 && stat(marker, &b) == 0);
-    memcpy(swap_buf, swap_in, strlen(swap_in) + 1);
+    CHECK(stat(inside, &a) == 0 && stat(marker, &b) == 0);
+    swap_buf[swap_at] = swap_in_c;
     stop = 0;
     pthread_t t;
     CHECK(pthread_create(&t, NULL, swapper, NULL) == 0);
-    long host = 0, inside = 0;
+    long host = 0, inside_n = 0;
     for (long i = 0; i < iterations; i++) {
         int err;
         enum reached r = classify(open(swap_buf, O_RDONLY | O_CLOEXEC), &err);
         host += r == R_HOST;
-        inside += r == R_ROOT;
+        inside_n += r == R_ROOT;
         if (stat(swap_buf, &st) == 0) {
             int ours = (st.st_dev == a.st_dev && st.st_ino == a.st_ino) ||
                        (st.st_dev == b.st_dev && st.st_ino == b.st_ino);
             host += !ours;
-            inside += ours;
+            inside_n += ours;
         }
     }
     stop = 1;
     pthread_join(t, NULL);
+    CHECK(unlink(inside) == 0);
     printf("toctou-swap: host reached %ld times in %ld opens and %ld stats, inside reached: %s\n",
-           host, iterations, iterations, yesno(inside > 0));
+           host, iterations, iterations, yesno(inside_n > 0));
 }
 
 static int remove_one(const char *p, const struct stat *st, int type, struct FTW *f)
