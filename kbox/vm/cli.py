@@ -51,7 +51,7 @@ def _add_vm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild", action="store_true", help="rebuild the guest image first")
 
 
-def _image(args: argparse.Namespace) -> Any:
+def _image(args: argparse.Namespace, checksums: bool = True) -> Any:
     try:
         from kbox.vm import images
     except ImportError as exc:
@@ -69,7 +69,19 @@ def _image(args: argparse.Namespace) -> Any:
         raise UserError("--arch is required (x86_64 or aarch64), unless --kernel-image names "
                         "the kernel", 2)
     return images.ensure_image(args.arch, args.kernel or DEFAULT_KERNEL,
-                               rebuild=getattr(args, "rebuild", False), progress=True)
+                               rebuild=getattr(args, "rebuild", False), progress=True,
+                               checksums=checksums)
+
+
+def _warm_vm(args: argparse.Namespace) -> Any:
+    """The VM of `kbox vm run|shell`: restored from the saved state unless --cold (see
+    kbox/vm/snapshot.py). A restore reads none of the image's files, so its entry is checked
+    by size only; a cold boot gets it checksummed first."""
+    from kbox.vm import snapshot
+    warm = not args.cold
+    image = _image(args, checksums=not warm)
+    return snapshot.ready_vm(image, accel=args.accel, cold=not warm,
+                             cold_image=(lambda: _image(args)) if warm else None)
 
 
 def _vm_error(exc: VMError) -> UserError:
@@ -90,10 +102,10 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
     if not command:
         raise UserError("kbox vm run: give a command after --, e.g. "
                         "`kbox vm run --arch aarch64 -- uname -a`", 2)
-    image = _image(args)
     t0 = time.monotonic()
     try:
-        with VM(image, accel=args.accel) as vm:
+        with _warm_vm(args) as vm:
+            image = vm.image
             if args.verbose:
                 print(f"kbox: {vm.name} ({image.kernel_version}) ready in "
                       f"{vm.boot_seconds:.2f} s "
@@ -112,9 +124,8 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
 # -- kbox vm shell -----------------------------------------------------------------------
 def cmd_vm_shell(args: argparse.Namespace) -> int:
     from kbox.vm.ssh import interactive_shell
-    image = _image(args)
     try:
-        with VM(image, accel=args.accel) as vm:
+        with _warm_vm(args) as vm:
             print(f"kbox: {vm.name} ready in {vm.boot_seconds:.2f} s; console log "
                   f"{vm.log_path}; exit the shell to stop the VM", file=sys.stderr)
             return interactive_shell(vm.ssh_client())
@@ -303,6 +314,12 @@ def _doctor_arch(arch: Arch, host: str) -> bool:
 
 
 # -- registration ------------------------------------------------------------------------
+def _add_cold_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cold", action="store_true",
+                   help="boot the guest from scratch: do not restore (or save) the VM state "
+                        "saved after the first boot of this image and configuration")
+
+
 def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vm = subparsers.add_parser("vm", help="boot kbox guests under QEMU")
     vsub = vm.add_subparsers(dest="vm_command", metavar="{run,shell,gdb,images}", required=True)
@@ -312,11 +329,13 @@ def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     run.add_argument("--timeout", type=float, default=300.0,
                      help="command timeout in hardware seconds (x3 under TCG; default 300)")
     run.add_argument("-v", "--verbose", action="store_true", help="print boot and total times")
+    _add_cold_option(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(func=cmd_vm_run)
 
     shell = vsub.add_parser("shell", help="interactive shell in a fresh guest")
     _add_vm_options(shell)
+    _add_cold_option(shell)
     shell.set_defaults(func=cmd_vm_shell)
 
     gdb = vsub.add_parser("gdb", help="debug a guest program with gdb-multiarch on the host")

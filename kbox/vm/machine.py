@@ -242,6 +242,8 @@ class VM:
         self._stderr_path: Path | None = None
         self._client: paramiko.SSHClient | None = None
         self._launched_at = 0.0
+        # File descriptors QEMU inherits (a saved state restored with -incoming fd:N).
+        self._pass_fds: tuple[int, ...] = ()
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> VM:
@@ -343,7 +345,7 @@ class VM:
         try:
             self._proc = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                start_new_session=True,
+                start_new_session=True, pass_fds=self._pass_fds,
                 preexec_fn=None if self.detached else (lambda: _child_setup(parent)))
         finally:
             stderr.close()
