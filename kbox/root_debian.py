@@ -131,8 +131,11 @@ def _resolve(arch: str, debian_arch: str, progress: bool) -> list[dict[str, str]
     takes ~15 s for it, so the answer is kept per apt state, like the images' resolution."""
     from kbox.vm import cache, debian
 
-    key = cache.input_key(_builder_files(), {"arch": arch, "packages": PACKAGES,
-                                             "exclude": EXCLUDE, "apt": debian.apt_state()})
+    # Keyed by the resolver's code alone (not the builder's): editing how a tree is made
+    # does not ask apt-cache again.
+    key = cache.input_key([f for f in _builder_files() if f[0] == "vm/debian.py"],
+                          {"arch": arch, "packages": PACKAGES, "exclude": EXCLUDE,
+                           "apt": debian.apt_state()})
     path = cache.cache_root() / "resolved" / f"root-{arch}-{key}.json"
     try:
         return list(json.loads(path.read_text()))
