@@ -5,7 +5,8 @@ asked for (`pytest vmtests`): pyproject's testpaths = ["tests"] keeps a plain `p
 away from them.
 
 - Options (one group): --arch, --kernel (repeatable or comma-separated; default both),
-  --accel auto|kvm|tcg, --keep-vm. Bad values are a pytest.UsageError listing choices.
+  --accel auto|kvm|tcg, --keep-vm, --fresh-vm (a VM per test module, restored from the
+  saved post-boot state). Bad values are a pytest.UsageError listing choices.
 - VM tests use the `vm` fixture; they are parametrized over the selected arch x kernel
   (and `tier` over the tiers) by pytest_generate_tests. Each xdist worker keeps a pool
   of booted VMs (one per arch x kernel it meets) for the whole session, with its own
@@ -74,6 +75,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "KVM only if a probe guest runs)")
     g.addoption("--keep-vm", action="store_true", default=False,
                 help="leave the VMs running at the end of the session (prints SSH ports)")
+    g.addoption("--fresh-vm", action="store_true", default=False,
+                help="a fresh VM for each test module of an arch x kernel, restored from the "
+                     "state saved after its first boot (kbox/vm/snapshot.py), instead of one "
+                     "VM per arch x kernel for the whole session")
     g.addoption("--quick", action="store_true", default=False,
                 help="CI's cut of the matrix: every arch x kernel x tier, static guest programs "
                      "(glibc, and musl for the programs in QUICK_MUSL), no `auto` (it resolves "
@@ -284,30 +289,36 @@ class VMPlugin:
 class VMPool:
     """This worker's booted VMs, one per (arch, kernel), reused across tests."""
 
-    def __init__(self, worker_id: str, accel: str, keep: bool) -> None:
+    def __init__(self, worker_id: str, accel: str, keep: bool, fresh: bool = False) -> None:
         self.worker_id = worker_id
         self.accel = accel
         self.keep = keep
+        # --fresh-vm: each test group (module) gets its own VM restored from the saved state.
+        self.fresh = fresh
+        self.groups: dict[tuple[str, str], str] = {}   # the group each VM was started for
         self.log_dir = ARTIFACTS / "vm-logs" / worker_id
         self.vms: dict[tuple[str, str], Any] = {}
         self.boot_failures: dict[tuple[str, str], str] = {}
         self.cache: dict[tuple[Any, ...], Any] = {}   # per-VM memo (native runs, tiers)
 
-    def get(self, arch: str, kernel: str) -> Any:
+    def get(self, arch: str, kernel: str, group: str = "") -> Any:
         from kbox.vm.images import ensure_image
         from kbox.vm.machine import VM, VMError
 
         key = (arch, kernel)
         vm = self.vms.get(key)
-        if vm is not None and vm.is_running:
+        if vm is not None and vm.is_running and (not self.fresh or self.groups.get(key) == group):
             return vm
-        if vm is not None:            # died (a crash in an earlier test): boot afresh
+        if vm is not None:            # died (a crash in an earlier test), or a new group
             vm.kill()
+            del self.vms[key]
             self.cache = {k: v for k, v in self.cache.items() if k[0] != key}
         if key in self.boot_failures:
             pytest.fail(f"{arch}/{kernel} VM failed to boot earlier in this session:\n"
                         f"{self.boot_failures[key]}", pytrace=False)
         self.retire_others(key)
+        if self.fresh:
+            return self._restore(arch, kernel, group)
         image = ensure_image(arch, kernel, progress=False)
         # --keep-vm launches the VM detached (no death signal, no atexit kill) so it
         # survives the run for inspection; the summary prints how to reach and kill it.
@@ -321,6 +332,26 @@ class VMPool:
             self.boot_failures[key] = str(exc)
             pytest.fail(f"{arch}/{kernel} VM failed to boot: {exc}", pytrace=False)
         self.vms[key] = vm
+        return vm
+
+    def _restore(self, arch: str, kernel: str, group: str) -> Any:
+        """A VM for `group` restored from the saved state (the first one boots and saves)."""
+        from kbox.vm import snapshot
+        from kbox.vm.images import ensure_image
+        from kbox.vm.machine import VMError
+
+        key = (arch, kernel)
+        try:
+            vm = snapshot.start(
+                ensure_image(arch, kernel, progress=False, checksums=False), accel=self.accel,
+                cold_image=lambda: ensure_image(arch, kernel, progress=False),
+                worker_id=self.worker_id, log_dir=self.log_dir, detached=self.keep,
+                name=f"{arch}-{kernel}-{self.worker_id}-{group.rsplit('.', 1)[-1]}")
+        except VMError as exc:
+            self.boot_failures[key] = str(exc)
+            pytest.fail(f"{arch}/{kernel} VM failed to start: {exc}", pytrace=False)
+        self.vms[key] = vm
+        self.groups[key] = group
         return vm
 
     def retire_others(self, key: tuple[str, str]) -> None:
@@ -348,7 +379,7 @@ class VMPool:
 @pytest.fixture(scope="session")
 def vm_pool(request: pytest.FixtureRequest, worker_id: str) -> Any:
     pool = VMPool(worker_id, request.config.getoption("accel"),
-                  request.config.getoption("keep_vm"))
+                  request.config.getoption("keep_vm"), request.config.getoption("fresh_vm"))
     yield pool
     pool.close()
 
@@ -362,7 +393,7 @@ def worker_id(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def vm(vm_pool: Any, vm_target: tuple[str, str], request: pytest.FixtureRequest) -> Any:
-    machine = vm_pool.get(*vm_target)
+    machine = vm_pool.get(*vm_target, group=request.module.__name__)
     request.node.stash[VM_KEY] = machine
     return machine
 
