@@ -286,3 +286,67 @@ def test_a_kernel_without_virtio_net_fails_at_boot_with_that_and_leaves_no_qemu(
     assert elapsed < 45, f"reported after {elapsed:.1f} s"
     pids = _launched(log)
     assert len(pids) == 1 and not _alive(pids[0])
+
+
+# -- a corrupt saved state (warm start, kbox/vm/snapshot.py) -------------------------------
+# `kbox vm run` restores the state saved after the first boot. A state that is truncated, or
+# that QEMU refuses to load, must cost one line on stderr and a cold boot, never a hang or a
+# traceback: the command still runs (exit status 0), the bad state is replaced by a good one,
+# and no QEMU survives. Each case gets its own copy of one pristine state ($KBOX_STATE_DIR).
+
+@pytest.fixture(scope="module")
+def saved_state(image: Any, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[Path, dict[str, str], Path]:
+    """A pristine state, and the QEMU wrapper it was made with (the QEMU binary is part of
+    a state's key, so every case uses this one wrapper and counts its launches)."""
+    states = tmp_path_factory.mktemp("pristine-states")
+    env, log = _qemu_wrapper(tmp_path_factory.mktemp("wrap"), FAULT_ARCH)
+    res = _vm_run(dict(env, KBOX_STATE_DIR=str(states)), "--arch", FAULT_ARCH,
+                  "--kernel", FAULT_KERNEL)
+    assert res.returncode == 0, res.stderr
+    return states, env, log
+
+
+def _only_state(states: Path) -> Path:
+    found = [p for p in states.iterdir() if p.is_dir() and p.name != "locks"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("case", ["truncated", "refused-by-qemu"])
+def test_a_corrupt_saved_state_is_one_line_then_a_cold_boot_that_replaces_it(
+        saved_state: tuple[Path, dict[str, str], Path], tmp_path: Path, case: str) -> None:
+    import shutil
+
+    from kbox.vm import snapshot
+    pristine, env, log = saved_state
+    states = tmp_path / "states"
+    shutil.copytree(pristine, states)
+    entry = _only_state(states)
+    before = snapshot.read_meta(entry)
+    assert before is not None
+    state = entry / snapshot.STATE_FILE
+    if case == "truncated":          # an interrupted copy, a full disk
+        with state.open("r+b") as fh:
+            fh.truncate(state.stat().st_size // 2)
+        expect = "unusable (state.bin is"
+    else:                            # right size and header, garbage sections: QEMU says no
+        with state.open("r+b") as fh:
+            fh.seek(len(snapshot.STREAM_HEADER))
+            fh.write(os.urandom(64 << 10))
+        expect = "rejected (QEMU refused the state"
+    earlier = len(_launched(log))
+    res = _vm_run(dict(env, KBOX_STATE_DIR=str(states)), "--arch", FAULT_ARCH,
+                  "--kernel", FAULT_KERNEL)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    said = [ln for ln in res.stderr.splitlines() if "saved VM state" in ln]
+    assert len(said) == 1 and said[0].startswith("kbox: ") and expect in said[0] \
+        and said[0].endswith("discarded, booting cold"), res.stderr
+    # cold boot + save + the restore that proves the new state (+ the refused restore)
+    pids = _launched(log)[earlier:]
+    assert len(pids) == (2 if case == "truncated" else 3), res.stderr
+    assert not any(_alive(p) for p in pids)
+    after = snapshot.read_meta(entry)
+    assert after is not None and after["created"] != before["created"]
+    assert snapshot.check_state(entry, after["key"]) is None

@@ -80,8 +80,10 @@ def _warm_vm(args: argparse.Namespace) -> Any:
     from kbox.vm import snapshot
     warm = not args.cold
     image = _image(args, checksums=not warm)
+    # A local kernel's image is inspected whole every time (no cheaper check to redo).
+    recheck = warm and args.kernel_image is None
     return snapshot.ready_vm(image, accel=args.accel, cold=not warm,
-                             cold_image=(lambda: _image(args)) if warm else None)
+                             cold_image=(lambda: _image(args)) if recheck else None)
 
 
 def _vm_error(exc: VMError) -> UserError:
