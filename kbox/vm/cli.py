@@ -110,8 +110,8 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
             image = vm.image
             if args.verbose:
                 print(f"kbox: {vm.name} ({image.kernel_version}) ready in "
-                      f"{vm.boot_seconds:.2f} s "
-                      f"(ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
+                      f"{vm.boot_seconds:.2f} s ({getattr(vm, 'how', 'booted')}; "
+                      f"ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
             res = vm.run(shlex.join(command), timeout=args.timeout, **stream_sinks())
             # An initramfs guest has no state worth a clean poweroff: kill saves ~0.5 s.
             vm.kill()

@@ -352,6 +352,8 @@ class RestoredVM(_WithQMP):
     `-incoming fd:N`, wait_ready() waits for the state to load, resumes the guest,
     connects SSH and sets the guest clock. Any failure on the way is StateRejected."""
 
+    how = "restored from the saved state"
+
     def __init__(self, image: ImageLike, entry: Path, **kw: Any) -> None:
         super().__init__(image, **kw)
         self.state_dir = entry
