@@ -292,61 +292,52 @@ def test_a_kernel_without_virtio_net_fails_at_boot_with_that_and_leaves_no_qemu(
 # `kbox vm run` restores the state saved after the first boot. A state that is truncated, or
 # that QEMU refuses to load, must cost one line on stderr and a cold boot, never a hang or a
 # traceback: the command still runs (exit status 0), the bad state is replaced by a good one,
-# and no QEMU survives. Each case gets its own copy of one pristine state ($KBOX_STATE_DIR).
+# and no QEMU survives. Each case writes its bad state, under the key `kbox vm run` looks
+# for, into a $KBOX_STATE_DIR of its own.
 
-@pytest.fixture(scope="module")
-def saved_state(image: Any, tmp_path_factory: pytest.TempPathFactory
-                ) -> tuple[Path, dict[str, str], Path]:
-    """A pristine state, and the QEMU wrapper it was made with (the QEMU binary is part of
-    a state's key, so every case uses this one wrapper and counts its launches)."""
-    states = tmp_path_factory.mktemp("pristine-states")
-    env, log = _qemu_wrapper(tmp_path_factory.mktemp("wrap"), FAULT_ARCH)
-    res = _vm_run(dict(env, KBOX_STATE_DIR=str(states)), "--arch", FAULT_ARCH,
-                  "--kernel", FAULT_KERNEL)
-    assert res.returncode == 0, res.stderr
-    return states, env, log
+def _bad_state(image: Any, env: dict[str, str], case: str) -> tuple[Path, float]:
+    """A state of exactly the key `kbox vm run --accel tcg` will look for (same QEMU on the
+    PATH), made bad the way `case` says; (its entry, its creation stamp)."""
+    import json
+    import shutil
 
-
-def _only_state(states: Path) -> Path:
-    found = [p for p in states.iterdir() if p.is_dir() and p.name != "locks"]
-    assert len(found) == 1, found
-    return found[0]
+    from kbox.vm import snapshot
+    from kbox.vm.accel import Accel
+    from kbox.vm.arch import ARCHES
+    qemu = shutil.which(ARCHES[FAULT_ARCH].qemu, path=env["PATH"])
+    assert qemu is not None
+    key = snapshot.key_for(image, Accel("tcg", "test"), qemu)
+    entry = snapshot.state_entry(key)
+    entry.mkdir(parents=True)
+    # QEMU's stream header, then sections QEMU cannot parse
+    data = snapshot.STREAM_HEADER + os.urandom(1 << 20)
+    (entry / snapshot.STATE_FILE).write_bytes(data)
+    size = len(data) + (1 << 20) if case == "truncated" else len(data)   # half of it lost
+    (entry / snapshot.META_FILE).write_text(json.dumps({"key": key, "size": size,
+                                                        "created": 1.0}))
+    return entry, 1.0
 
 
 @pytest.mark.parametrize("case", ["truncated", "refused-by-qemu"])
 def test_a_corrupt_saved_state_is_one_line_then_a_cold_boot_that_replaces_it(
-        saved_state: tuple[Path, dict[str, str], Path], tmp_path: Path, case: str) -> None:
-    import shutil
-
+        image: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     from kbox.vm import snapshot
-    pristine, env, log = saved_state
-    states = tmp_path / "states"
-    shutil.copytree(pristine, states)
-    entry = _only_state(states)
-    before = snapshot.read_meta(entry)
-    assert before is not None
-    state = entry / snapshot.STATE_FILE
-    if case == "truncated":          # an interrupted copy, a full disk
-        with state.open("r+b") as fh:
-            fh.truncate(state.stat().st_size // 2)
-        expect = "unusable (state.bin is"
-    else:                            # right size and header, garbage sections: QEMU says no
-        with state.open("r+b") as fh:
-            fh.seek(len(snapshot.STREAM_HEADER))
-            fh.write(os.urandom(64 << 10))
-        expect = "rejected (QEMU refused the state"
-    earlier = len(_launched(log))
-    res = _vm_run(dict(env, KBOX_STATE_DIR=str(states)), "--arch", FAULT_ARCH,
-                  "--kernel", FAULT_KERNEL)
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    env["KBOX_STATE_DIR"] = str(tmp_path / "states")
+    monkeypatch.setenv("KBOX_STATE_DIR", env["KBOX_STATE_DIR"])
+    entry, created = _bad_state(image, env, case)
+    expect = "unusable (state.bin is" if case == "truncated" else \
+        "rejected (QEMU refused the state"
+    res = _vm_run(env, "--arch", FAULT_ARCH, "--kernel", FAULT_KERNEL)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     said = [ln for ln in res.stderr.splitlines() if "saved VM state" in ln]
     assert len(said) == 1 and said[0].startswith("kbox: ") and expect in said[0] \
         and said[0].endswith("discarded, booting cold"), res.stderr
     # cold boot + save + the restore that proves the new state (+ the refused restore)
-    pids = _launched(log)[earlier:]
+    pids = _launched(log)
     assert len(pids) == (2 if case == "truncated" else 3), res.stderr
     assert not any(_alive(p) for p in pids)
     after = snapshot.read_meta(entry)
-    assert after is not None and after["created"] != before["created"]
+    assert after is not None and after["created"] != created
     assert snapshot.check_state(entry, after["key"]) is None

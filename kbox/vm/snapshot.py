@@ -71,7 +71,8 @@ from kbox.vm.machine import (
 )
 
 __all__ = ["META_FILE", "QMP", "STATE_FILE", "QMPError", "StateRejected", "check_state",
-           "discard", "key_digest", "ready_vm", "start", "state_entry", "state_key"]
+           "discard", "key_digest", "key_for", "ready_vm", "start", "state_entry",
+           "state_key"]
 
 STATE_FORMAT = 1
 STATE_FILE = "state.bin"
@@ -562,6 +563,17 @@ def _boot(cls: type[VM], image: ImageLike, vm_kw: dict[str, Any], *args: Any) ->
     return vm
 
 
+def key_for(image: ImageLike, accel: Accel, qemu: str, **vm_kw: Any) -> dict[str, Any]:
+    """The state key of a VM(image, accel=accel, **vm_kw) booted with `qemu`."""
+    probe = SavingVM(image, **{**vm_kw, "accel": accel, "notice": lambda m: None})
+    try:
+        probe.accel, probe.ssh_port = accel, 0
+        probe.forwards = {g: 0 for g in probe.forward_guest_ports}
+        return state_key(image, accel, probe.cold_command(qemu), qemu)
+    finally:
+        probe.kill()
+
+
 def start(image: ImageLike, *, accel: str | Accel = "auto", cold: bool = False,
           notice: Callable[[str], None] | None = None,
           cold_image: Callable[[], ImageLike] | None = None, **vm_kw: Any) -> VM:
@@ -579,11 +591,8 @@ def start(image: ImageLike, *, accel: str | Accel = "auto", cold: bool = False,
         vm_kw["notice"] = notice
     if cold:
         return _boot(VM, cold_image() if cold_image else image, vm_kw)
-    probe = SavingVM(image, **{**vm_kw, "notice": lambda m: None})
-    probe.accel, probe.ssh_port = acc, 0
-    probe.forwards = {g: 0 for g in probe.forward_guest_ports}
-    key = state_key(image, acc, probe.cold_command(qemu), qemu)
-    probe.kill()
+    key = key_for(image, acc, qemu, **{k: v for k, v in vm_kw.items()
+                                        if k not in ("accel", "notice")})
     entry = state_entry(key)
     vm = _restore(image, entry, key, vm_kw, notice, locked=False)
     if vm is not None:
