@@ -218,6 +218,7 @@ def _qmp_server(path: Path, answers: list[bytes], hold_s: float = 0.0) -> thread
                 break
             f.write(answer)
             f.flush()
+        f.readline()         # the next request: left unanswered
         time.sleep(hold_s)   # a QEMU that stops answering but keeps the socket open
         conn.close()
         srv.close()
@@ -242,7 +243,7 @@ def test_qmp_error_answer_and_closed_monitor_raise_qmp_error(tmp_path: Path) -> 
     q = snapshot.QMP(path, time.monotonic() + 5, lambda: True)
     with pytest.raises(snapshot.QMPError, match="GenericError: no migration"):
         q.command("migrate", uri="exec:true")
-    with pytest.raises(snapshot.QMPError, match="closed the monitor|reset by peer"):
+    with pytest.raises(snapshot.QMPError, match="closed the monitor"):
         q.command("query-status")
     q.close()
 

@@ -598,6 +598,13 @@ def start(image: ImageLike, *, accel: str | Accel = "auto", cold: bool = False,
     if vm is not None:
         return vm
     cold_img = cold_image() if cold_image else image
+    if (cold_img.kernel_path, cold_img.initrd_path) != (image.kernel_path, image.initrd_path):
+        # The image was rebuilt meanwhile (its sources changed): what is saved now is a
+        # state of the new one, under its own key.
+        image = cold_img
+        key = key_for(image, acc, qemu, **{k: v for k, v in vm_kw.items()
+                                            if k not in ("accel", "notice")})
+        entry = state_entry(key)
     with _locked(entry, timeout=600):
         # Another process may have saved it while this one waited for the lock.
         if check_state(entry, key) is None:
