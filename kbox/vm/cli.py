@@ -77,13 +77,40 @@ def _warm_vm(args: argparse.Namespace) -> Any:
     """The VM of `kbox vm run|shell`: restored from the saved state unless --cold (see
     kbox/vm/snapshot.py). A restore reads none of the image's files, so its entry is checked
     by size only; a cold boot gets it checksummed first."""
-    from kbox.vm import snapshot
-    warm = not args.cold
+    from kbox.vm import share, snapshot
+    shares = share.parse_shares(getattr(args, "share", None))   # checked before any build
+    checkout = _kbox_from_checkout(args)
+    # A mounted 9p export blocks migration: a VM with shares boots cold (kbox/vm/share.py).
+    warm = not args.cold and not shares and checkout is None
     image = _image(args, checksums=not warm)
+    if checkout is not None:
+        shares = _kbox_from_shares(args, checkout, image, shares)
+    if shares:
+        share.check_image_supports_shares(image)
+        for s in shares:
+            print(f"kbox: sharing {s.describe()}", file=sys.stderr)
     # A local kernel's image is inspected whole every time (no cheaper check to redo).
     recheck = warm and args.kernel_image is None
-    return snapshot.ready_vm(image, accel=args.accel, cold=not warm,
-                             cold_image=(lambda: _image(args)) if recheck else None)
+    return share.mounted(snapshot.ready_vm(image, accel=args.accel, cold=not warm,
+                                           cold_image=(lambda: _image(args)) if recheck
+                                           else None, **share.vm_options(shares)), shares)
+
+
+def _kbox_from_checkout(args: argparse.Namespace) -> Path | None:
+    from kbox.vm import kbox_from
+    path = getattr(args, "kbox_from", None)
+    return None if path is None else kbox_from.check_checkout(path)
+
+
+def _kbox_from_shares(args: argparse.Namespace, checkout: Path, image: Any,
+                      shares: list[Any]) -> list[Any]:
+    """Build the checkout's C core for the guest (kbox/vm/kbox_from.py), remember it for the
+    command (args.kbox_from_build) and add its two shares to the user's."""
+    from kbox.vm import images, kbox_from, share
+    kf = kbox_from.build(checkout, ARCHES[image.arch], images.cross_prefix(ARCHES[image.arch]))
+    args.kbox_from_build = kf
+    return share.numbered([(s, f"--share {s.host}:{s.guest}") for s in shares]
+                          + [(s, f"--kbox-from {checkout}") for s in kf.shares])
 
 
 def _vm_error(exc: VMError) -> UserError:
@@ -112,7 +139,9 @@ def cmd_vm_run(args: argparse.Namespace) -> int:
                 print(f"kbox: {vm.name} ({image.kernel_version}) ready in "
                       f"{vm.boot_seconds:.2f} s ({getattr(vm, 'how', 'booted')}; "
                       f"ssh port {vm.ssh_port}, console {vm.log_path})", file=sys.stderr)
-            res = vm.run(shlex.join(command), timeout=args.timeout, **stream_sinks())
+            kf = getattr(args, "kbox_from_build", None)
+            cmd = kf.wrap(shlex.join(command)) if kf else shlex.join(command)
+            res = vm.run(cmd, timeout=args.timeout, **stream_sinks())
             # An initramfs guest has no state worth a clean poweroff: kill saves ~0.5 s.
             vm.kill()
     except VMError as exc:
@@ -322,6 +351,12 @@ def _add_cold_option(p: argparse.ArgumentParser) -> None:
                         "saved after the first boot of this image and configuration")
 
 
+def _add_share_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--share", action="append", metavar="DIR[:GUEST]",
+                   help="a host directory in the guest, read-write over virtio 9p (repeatable; "
+                        "GUEST default /mnt/<basename of DIR>; boots cold)")
+
+
 def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vm = subparsers.add_parser("vm", help="boot kbox guests under QEMU")
     vsub = vm.add_subparsers(dest="vm_command", metavar="{run,shell,gdb,images}", required=True)
@@ -332,12 +367,17 @@ def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                      help="command timeout in hardware seconds (x3 under TCG; default 300)")
     run.add_argument("-v", "--verbose", action="store_true", help="print boot and total times")
     _add_cold_option(run)
+    _add_share_option(run)
+    run.add_argument("--kbox-from", type=Path, metavar="DIR",
+                     help="run the guest command with the kbox of checkout DIR (its C core "
+                          "cross-built for the guest, incrementally; shared over 9p)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(func=cmd_vm_run)
 
     shell = vsub.add_parser("shell", help="interactive shell in a fresh guest")
     _add_vm_options(shell)
     _add_cold_option(shell)
+    _add_share_option(shell)
     shell.set_defaults(func=cmd_vm_shell)
 
     gdb = vsub.add_parser("gdb", help="debug a guest program with gdb-multiarch on the host")

@@ -329,6 +329,29 @@ def _extract_kernel(a: Arch, kdir: Path, out_dir: Path, progress: bool) -> tuple
     return release, "vmlinuz", modules
 
 
+def _resolve_share_modules(modules_dir: Path) -> tuple[kernel.ResolvedModules | None, list[str]]:
+    """The 9p modules of images/modules-9p.txt (with their dependencies) in a kernel's module
+    tree, or None and the ones it has neither built in nor as modules."""
+    wanted = _recipe_lines("modules-9p.txt")
+    try:
+        return kernel.resolve_modules(modules_dir, wanted), []
+    except kernel.KernelFormatError:
+        builtin, index = kernel.builtin_modules(modules_dir), kernel.index_modules(modules_dir)
+        return None, [m for m in map(kernel.module_name, wanted)
+                      if m not in builtin and m not in index]
+
+
+def _write_share_modules(root: Path, mod_dir: str, mods: kernel.ResolvedModules | None,
+                         loaded: list[str]) -> None:
+    """The 9p modules into the tree, listed in /etc/kbox/modules-9p, which /init loads only
+    when the VM has a --share (kbox/vm/share.py); an empty list when there are none."""
+    order = [m for m in mods.order if m not in loaded] if mods else []
+    for name in order:
+        assert mods is not None
+        (root / mod_dir / f"{name}.ko").write_bytes(mods.files[name])
+    (root / "etc/kbox/modules-9p").write_text("".join(f"/{mod_dir}/{m}.ko\n" for m in order))
+
+
 def _build_base(a: Arch, tag: str, resolved: dict, entry_tmp: Path, progress: bool) -> dict:
     t0 = time.monotonic()
     kpkg = debian.Package(**resolved["kernel_package"])
@@ -355,6 +378,8 @@ def _build_base(a: Arch, tag: str, resolved: dict, entry_tmp: Path, progress: bo
     (root / "etc/kbox").mkdir(parents=True, exist_ok=True)
     (root / "etc/kbox/modules").write_text(
         "".join(f"/{guest_mod_dir}/{m}.ko\n" for m in mods.order))
+    share_mods, share_missing = _resolve_share_modules(modules_dir)
+    _write_share_modules(root, guest_mod_dir, share_mods, mods.order)
 
     for src in cache.tree_files(RECIPES / "rootfs"):
         dst = root / src.relative_to(RECIPES / "rootfs")
@@ -379,6 +404,7 @@ def _build_base(a: Arch, tag: str, resolved: dict, entry_tmp: Path, progress: bo
     info = {"arch": a.name, "kernel": tag, "kernel_version": release,
             "kernel_package": resolved["kernel_package"], "kernel_file": kernel_file,
             "modules": mods.order, "builtin_modules": mods.builtin,
+            "share_modules_missing": share_missing,
             "packages": {p.name: p.version for p in pkgs}, "build_seconds": 0.0}
     info["build_seconds"] = round(time.monotonic() - t0, 1)
     (entry_tmp / "info.json").write_text(json.dumps(info, indent=1))
@@ -585,7 +611,13 @@ def ensure_local_image(kernel_image: Path, arch: str | None = None,
     host = ensure_image(a.name, local_host_series(lk.release), progress=progress)
     t0 = time.monotonic()
     mods = plan.resolved
+    # --share's 9p modules come from --modules too (without it: built in, or none).
+    share_mods, share_missing = (
+        _resolve_share_modules(localkernel.modules_tree(Path(modules), lk.release))
+        if modules else (None, []))
     key = cache.input_key([], {
+        "share_modules": {m: hashlib.sha256(b).hexdigest() for m, b in
+                          (share_mods.files.items() if share_mods else [])},
         "format": LOCAL_FORMAT, "host": host.cache_dir.name, "release": lk.release,
         "kernel": hashlib.sha256(lk.boot_image).hexdigest(),
         "modules": {m: hashlib.sha256(b).hexdigest() for m, b in
@@ -600,7 +632,8 @@ def ensure_local_image(kernel_image: Path, arch: str | None = None,
             cache.cleanup_stale_temps(entry.parent)
             with cache.building(entry, {"kind": "local", "arch": a.name,
                                         "kernel": str(lk.path)}) as tmp:
-                _build_local(a, lk, mods, host, tmp, kernel_file)
+                _build_local(a, lk, mods, host, tmp, kernel_file, share_mods,
+                             share_missing)
             _prune_siblings(entry)
     timing.record("image", arch=a.name, kernel="local", seconds=time.monotonic() - t0,
                   built=False)
@@ -610,7 +643,9 @@ def ensure_local_image(kernel_image: Path, arch: str | None = None,
 
 
 def _build_local(a: Arch, lk: localkernel.LocalKernel, mods: kernel.ResolvedModules | None,
-                 host: Image, entry_tmp: Path, kernel_file: str) -> None:
+                 host: Image, entry_tmp: Path, kernel_file: str,
+                 share_mods: kernel.ResolvedModules | None = None,
+                 share_missing: list[str] | None = None) -> None:
     (entry_tmp / kernel_file).write_bytes(lk.boot_image)
     layer = entry_tmp / ".modules"
     mod_dir = f"usr/lib/modules/{lk.release}"
@@ -622,13 +657,16 @@ def _build_local(a: Arch, lk: localkernel.LocalKernel, mods: kernel.ResolvedModu
         (layer / mod_dir / f"{name}.ko").write_bytes(mods.files[name])
     # Replaces the Debian kernel's list in the base archive: /init loads exactly these.
     (layer / "etc/kbox/modules").write_text("".join(f"/{mod_dir}/{m}.ko\n" for m in order))
+    # Its own 9p modules when --modules has them; else none (built in, or --share fails).
+    _write_share_modules(layer, mod_dir, share_mods, order)
     base = cache.cache_root() / "base" / json.loads(
         (host.cache_dir / "info.json").read_text())["base"]
     _write_initrd(a, base, [host.cache_dir / "overlay", layer], entry_tmp)
     shutil.rmtree(layer)
     info = {"arch": a.name, "kernel": "local", "kernel_version": lk.release,
             "kernel_file": kernel_file, "source": str(lk.path), "format": lk.format,
-            "config": lk.config_source, "modules": order, "host_image": host.cache_dir.name}
+            "config": lk.config_source, "modules": order, "host_image": host.cache_dir.name,
+            "share_modules_missing": share_missing or []}
     (entry_tmp / "info.json").write_text(json.dumps(info, indent=1))
 
 

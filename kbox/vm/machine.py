@@ -213,7 +213,7 @@ class VM:
                  smp: int = DEFAULT_SMP, extra_cmdline: str = "",
                  forward: Sequence[int] = (), boot_timeout: float = BOOT_TIMEOUT_S,
                  quiet: bool = True, notice: Callable[[str], None] | None = None,
-                 detached: bool = False) -> None:
+                 detached: bool = False, extra_qemu_args: Sequence[str] = ()) -> None:
         self.image = image
         self.arch: Arch = get_arch(image.arch)
         self.name = name or f"{image.arch}-{image.kernel}-{os.getpid()}-{next(_COUNTER)}"
@@ -223,6 +223,8 @@ class VM:
         self.memory_mb = memory_mb
         self.smp = smp
         self.extra_cmdline = extra_cmdline
+        self.extra_qemu_args = list(extra_qemu_args)   # devices, e.g. share.qemu_args()
+        self.commands: list[str] = []   # every run() command, for repro bundles
         self.forward_guest_ports = list(forward)
         self.boot_timeout = boot_timeout
         self.quiet = quiet
@@ -334,6 +336,7 @@ class VM:
             "-netdev", "user,id=net0," + ",".join(fwd),
             "-device", "virtio-net-pci,netdev=net0,romfile=",
             *self.arch.extra_qemu_args,
+            *self.extra_qemu_args,
         ]
 
     def _start(self, qemu: str) -> None:
@@ -458,6 +461,7 @@ class VM:
         the output so far and the console tail. A kernel crash meanwhile raises GuestCrash.
         """
         cmd = command if isinstance(command, str) else shlex.join(command)
+        self.commands.append(cmd)
         effective = timeout * self.timeout_factor
         self._check_alive()
         try:
