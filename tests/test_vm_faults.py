@@ -304,8 +304,12 @@ def _bad_state(image: Any, env: dict[str, str], case: str) -> tuple[Path, float]
     from kbox.vm import snapshot
     from kbox.vm.accel import Accel
     from kbox.vm.arch import ARCHES
+    from kbox.vm.images import ensure_image
     qemu = shutil.which(ARCHES[FAULT_ARCH].qemu, path=env["PATH"])
     assert qemu is not None
+    # The image as of now, not the module's: in a tree being edited, the kbox layer (and so
+    # the key) may have changed since the module started.
+    image = ensure_image(FAULT_ARCH, FAULT_KERNEL, progress=False)
     key = snapshot.key_for(image, Accel("tcg", "test"), qemu)
     entry = snapshot.state_entry(key)
     entry.mkdir(parents=True)
