@@ -618,6 +618,7 @@ def ensure_local_image(kernel_image: Path, arch: str | None = None,
     key = cache.input_key([], {
         "share_modules": {m: hashlib.sha256(b).hexdigest() for m, b in
                           (share_mods.files.items() if share_mods else [])},
+        "share_missing": share_missing,
         "format": LOCAL_FORMAT, "host": host.cache_dir.name, "release": lk.release,
         "kernel": hashlib.sha256(lk.boot_image).hexdigest(),
         "modules": {m: hashlib.sha256(b).hexdigest() for m, b in
