@@ -57,6 +57,8 @@ KERNELS_KEY = pytest.StashKey[list[str]]()     # --kernel, validated
 CELLS_KEY = pytest.StashKey[dict[str, collections.Counter[str]]]()
 # The VM a test used, for its failure report.
 VM_KEY = pytest.StashKey[Any]()
+# How many commands that VM had run when the test started (VM.commands), for its repro.
+VM_COMMANDS_KEY = pytest.StashKey[int]()
 # Keys of report.user_properties: they travel from xdist workers to the controller.
 CELL_PROPERTY = "kbox_cell"
 RETRY_PROPERTY = "kbox_ssh_retries"
@@ -229,12 +231,32 @@ class VMPlugin:
             self.retries_reported.update(delta)
         if report.failed and report.when in ("call", "setup"):
             vm = item.stash.get(VM_KEY, None)
+            # Before dmesg below: that is a guest command too, not the test's.
+            lines = self._repro(item, vm, report.when) if _target(item) else []
             if vm is not None:
-                lines = [f"console log: {vm.log_path}", "--- console tail ---",
-                         vm.console_tail(30)]
+                lines += [f"console log: {vm.log_path}", "--- console tail ---",
+                          vm.console_tail(30)]
                 if vm.is_running and report.when == "call":
                     lines += ["--- dmesg (tail) ---", vm.dmesg(timeout=10)]
+            if lines:
                 report.sections.append(("kbox VM", "\n".join(lines)))
+
+    def _repro(self, item: pytest.Item, vm: Any, when: str) -> list[str]:
+        """Write the failure's repro artifact (kbox/vm/repro.py); the report lines naming it."""
+        from kbox.vm import repro
+        from kbox.vm.accel import resolve_accel
+        from kbox.vm.arch import get_arch
+        params = dict(item.callspec.params)  # type: ignore[attr-defined]
+        arch, kernel = params.pop("vm_target")
+        accel = vm.accel.name if vm is not None and vm.accel is not None else \
+            resolve_accel(self.config.getoption("accel"), get_arch(arch)).name
+        commands = list(getattr(vm, "commands", [])[item.stash.get(VM_COMMANDS_KEY, 0):])
+        data = repro.artifact_for(item.nodeid, arch, kernel, accel, vm, commands, params, when)
+        try:
+            path = repro.write_artifact(ARTIFACTS / "repro", data)
+        except OSError as exc:
+            return [f"repro: artifact not written ({exc})"]
+        return repro.report_lines(path, data, Path.cwd())
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -397,6 +419,7 @@ def worker_id(request: pytest.FixtureRequest) -> str:
 def vm(vm_pool: Any, vm_target: tuple[str, str], request: pytest.FixtureRequest) -> Any:
     machine = vm_pool.get(*vm_target, group=request.module.__name__)
     request.node.stash[VM_KEY] = machine
+    request.node.stash[VM_COMMANDS_KEY] = len(machine.commands)
     return machine
 
 

@@ -345,3 +345,170 @@ def test_a_corrupt_saved_state_is_one_line_then_a_cold_boot_that_replaces_it(
     after = snapshot.read_meta(entry)
     assert after is not None and after["created"] != created
     assert snapshot.check_state(entry, after["key"]) is None
+
+
+# -- bad input for --share, --kbox-from and kbox vm repro ------------------------------------
+# The same contract: one line on stderr, exit status 2 for a usage error, and no QEMU started
+# (or none left behind when the failure shows only at boot).
+
+def _one_line(res: subprocess.CompletedProcess[str], status: int, expect: str) -> None:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == status, res.stderr
+    assert lines and lines[-1].startswith("kbox: ") and expect in lines[-1], res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("case", ["share-missing", "share-a-file", "share-guest-relative",
+                                  "share-guest-system-dir", "kbox-from-not-a-checkout",
+                                  "kbox-from-missing"])
+def test_bad_share_or_kbox_from_is_one_line_and_starts_no_qemu(tmp_path: Path,
+                                                               case: str) -> None:
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    (tmp_path / "a-file").write_text("x")
+    args, expect = {
+        "share-missing": (["--share", str(tmp_path / "nope")], "no such directory"),
+        "share-a-file": (["--share", str(tmp_path / "a-file")], "is not a directory"),
+        "share-guest-relative": (["--share", f"{tmp_path}:mnt/src"], "is not absolute"),
+        "share-guest-system-dir": (["--share", f"{tmp_path}:/etc"], "is the guest's own"),
+        "kbox-from-not-a-checkout": (["--kbox-from", str(tmp_path)], "not a kbox checkout"),
+        "kbox-from-missing": (["--kbox-from", str(tmp_path / "nope")], "no such directory"),
+    }[case]
+    res = _vm_run(env, "--arch", FAULT_ARCH, "--kernel", FAULT_KERNEL, *args)
+    _one_line(res, 2, expect)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert _launched(log) == []
+
+
+def _modules_without_9p(image: Any, tmp_path: Path, claim_builtin: bool) -> Path:
+    """A --modules tree for the image's own kernel: its virtio modules, none of 9p's; with
+    `claim_builtin`, a modules.builtin that (falsely) says 9p is built in."""
+    src = Path(image.sysroot) / "usr/lib/modules" / image.kernel_version
+    tree = tmp_path / "mods/lib/modules" / image.kernel_version
+    (tree / "kernel").mkdir(parents=True)
+    for ko in src.glob("*.ko"):
+        if not any(k in ko.name for k in ("9p", "netfs", "fscache")):
+            (tree / "kernel" / ko.name).write_bytes(ko.read_bytes())
+    (tree / "modules.builtin").write_text(
+        "kernel/fs/9p/9p.ko\nkernel/net/9p/9pnet.ko\nkernel/net/9p/9pnet_virtio.ko\n"
+        if claim_builtin else "")
+    return tmp_path / "mods"
+
+
+def test_share_on_a_kernel_without_9p_modules_is_refused_before_boot(image: Any,
+                                                                     tmp_path: Path) -> None:
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    mods = _modules_without_9p(image, tmp_path, claim_builtin=False)
+    res = _vm_run(env, "--kernel-image", str(image.kernel_path), "--modules", str(mods),
+                  "--share", str(tmp_path))
+    _one_line(res, 2, f"kernel {image.kernel_version} has no 9p support (9p, 9pnet_virtio "
+                      "neither built in nor modules)")
+    assert _launched(log) == []
+
+
+def test_share_on_a_kernel_that_cannot_mount_9p_fails_at_boot_in_one_line(
+        image: Any, tmp_path: Path) -> None:
+    # modules.builtin claims 9p, so nothing is loaded and nothing is refused before boot;
+    # the guest's mount fails (No such device) and the VM must say so, not run the command.
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    mods = _modules_without_9p(image, tmp_path, claim_builtin=True)
+    res = _vm_run(env, "--kernel-image", str(image.kernel_path), "--modules", str(mods),
+                  "--share", f"{tmp_path}:/mnt/src")
+    _one_line(res, 4, f"--share {tmp_path}:/mnt/src: not mounted in the guest: kernel "
+                      f"{image.kernel_version} has no 9p filesystem")
+    assert "No such device" in res.stderr.strip().splitlines()[-1]
+    pids = _launched(log)
+    assert len(pids) == 1 and not _alive(pids[0])
+
+
+def _vm_repro(env: dict[str, str], *args: str, timeout: float = 240
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kbox.vm.cli", "vm", "repro", *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout,
+                          check=False)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "truncated", "not-an-object",
+                                  "no-arch", "bad-argv", "unknown-arch"])
+def test_bad_repro_artifact_is_one_line_and_starts_no_qemu(tmp_path: Path, case: str) -> None:
+    from kbox.vm import repro
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    good = json.dumps(repro.artifact_for("t.py::t", FAULT_ARCH, FAULT_KERNEL, "tcg", None,
+                                         ["/bin/true"], {}, "call"))
+    art = tmp_path / "repro.json"
+    if case == "truncated":
+        art.write_text(good[: len(good) // 2])
+    elif case == "not-an-object":
+        art.write_text("[1, 2]")
+    elif case == "no-arch":
+        art.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "arch"}))
+    elif case == "bad-argv":
+        art.write_text(json.dumps(dict(json.loads(good), argv="/bin/true")))
+    elif case == "unknown-arch":
+        art.write_text(json.dumps(dict(json.loads(good), arch="riscv64")))
+    elif case == "directory":
+        art = tmp_path
+    expect = {"missing": "no such file", "directory": "is a directory", "truncated": "not JSON",
+              "not-an-object": "not a repro artifact", "no-arch": "no 'arch'",
+              "bad-argv": "'argv' is a str", "unknown-arch": "unknown arch 'riscv64'"}[case]
+    res = _vm_repro(env, str(art), "--no-gdb")
+    _one_line(res, 2, expect)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert _launched(log) == []
+
+
+_FAILING_VM_TEST = '''
+import pytest
+
+@pytest.mark.parametrize("tier", ["trap"])
+def test_status_is_seven(vm, tier):
+    vm.run("true", timeout=30)
+    res = vm.run("KBOX_REPRO=yes /bin/sh -c 'echo repro-out $KBOX_REPRO; exit 3'", timeout=60)
+    assert res.exit_status == 7, res
+'''
+
+
+def test_a_failing_vm_test_leaves_a_repro_that_replays_it(image: Any, tmp_path: Path) -> None:
+    # A real `pytest vmtests`-style run whose test fails; its report must carry the one-line
+    # replay, and `kbox vm repro` must rerun the same command on the same image and
+    # accelerator, plainly and under gdb.
+    import re
+    import shutil
+    test = tmp_path / "test_failing.py"
+    test.write_text(_FAILING_VM_TEST)
+    env, log = _qemu_wrapper(tmp_path, FAULT_ARCH)
+    env["KBOX_ARTIFACTS"] = str(tmp_path / "art")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", "no:xdist", "-p", "conftest", "--rootdir", str(tmp_path),
+                          "--arch", FAULT_ARCH, "--kernel", FAULT_KERNEL, "--accel", "tcg",
+                          str(test)], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300, check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    m = re.search(r"^repro: kbox vm repro (\S+)$", res.stdout, re.MULTILINE)
+    assert m, res.stdout
+    art = Path(m.group(1))
+    art = art if art.is_absolute() else REPO / art
+    data = json.loads(art.read_text())
+    assert (data["arch"], data["kernel"], data["accel"], data["tier"]) == \
+        (FAULT_ARCH, FAULT_KERNEL, "tcg", "trap")
+    assert data["image"] == Path(image.cache_dir).name
+    assert data["guest_commands"][-2:] == [
+        "true", "KBOX_REPRO=yes /bin/sh -c 'echo repro-out $KBOX_REPRO; exit 3'"]
+    assert (data["env"], data["argv"]) == (
+        {"KBOX_REPRO": "yes"}, ["/bin/sh", "-c", "echo repro-out $KBOX_REPRO; exit 3"])
+    assert "--accel tcg --env KBOX_REPRO=yes -- /bin/sh -c" in res.stdout
+
+    plain = _vm_repro(env, str(art), "--no-gdb")
+    assert plain.returncode == 3, plain.stderr
+    assert plain.stdout == "repro-out yes\n"
+    assert f"replaying {data['test']} ({FAULT_ARCH} {FAULT_KERNEL}, TCG, tier trap)" \
+        in plain.stderr
+
+    if shutil.which("gdb-multiarch") is None:
+        pytest.fail("gdb-multiarch is missing: apt-get install gdb-multiarch")
+    under_gdb = _vm_repro(env, str(art), "--gdb-arg=-batch", "--gdb-arg=-ex",
+                          "--gdb-arg=info registers pc", "--gdb-arg=-ex", "--gdb-arg=continue")
+    out = under_gdb.stdout + under_gdb.stderr
+    assert "Remote debugging" in out and re.search(r"^(pc|rip) +0x", out, re.MULTILINE), out
+    assert "repro-out yes" in out and "exited with code 03" in out, out
+    pids = _launched(log)
+    assert len(pids) == 3 and not any(_alive(p) for p in pids)

@@ -192,7 +192,12 @@ def cmd_vm_gdb(args: argparse.Namespace) -> int:
     command = _strip_dashdash(args.command)
     if not command:
         raise UserError("kbox vm gdb: give a program after --", 2)
-    image = _image(args)
+    env = list(getattr(args, "env", None) or [])
+    bad = [e for e in env if "=" not in e or e.startswith("=")]
+    if bad:
+        raise UserError(f"kbox vm gdb: --env {bad[0]}: give NAME=VALUE", 2)
+    # `kbox vm repro` passes the image of the failure it replays (kbox/vm/repro.py).
+    image = getattr(args, "image", None) or _image(args)
     try:
         with VM(image, accel=args.accel, forward=[GDB_GUEST_PORT]) as vm:
             prog = command[0]
@@ -206,8 +211,11 @@ def cmd_vm_gdb(args: argparse.Namespace) -> int:
             assert transport is not None
             chan = transport.open_session(timeout=10)
             chan.set_combine_stderr(True)
-            chan.exec_command(shlex.join(["gdbserver", "--once", f":{GDB_GUEST_PORT}", prog,
-                                          *command[1:]]))
+            # The program inherits gdbserver's environment (its --wrapper env would miscount
+            # the execs it waits for: busybox's env applet runs without one).
+            setenv = ["env", *env] if env else []
+            chan.exec_command(shlex.join([*setenv, "gdbserver", "--once", f":{GDB_GUEST_PORT}",
+                                          prog, *command[1:]]))
             # Wait for gdbserver to listen before gdb connects; show what it prints.
             buf = b""
             deadline = time.monotonic() + 20 * vm.timeout_factor
@@ -359,7 +367,8 @@ def _add_share_option(p: argparse.ArgumentParser) -> None:
 
 def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vm = subparsers.add_parser("vm", help="boot kbox guests under QEMU")
-    vsub = vm.add_subparsers(dest="vm_command", metavar="{run,shell,gdb,images}", required=True)
+    vsub = vm.add_subparsers(dest="vm_command", metavar="{run,shell,gdb,repro,images}",
+                             required=True)
 
     run = vsub.add_parser("run", help="boot a guest, run a command in it, tear it down")
     _add_vm_options(run)
@@ -382,10 +391,15 @@ def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
 
     gdb = vsub.add_parser("gdb", help="debug a guest program with gdb-multiarch on the host")
     _add_vm_options(gdb)
+    gdb.add_argument("--env", action="append", metavar="NAME=VALUE",
+                     help="environment of the program in the guest (repeatable)")
     gdb.add_argument("--gdb-arg", dest="gdb_args", action="append",
                      help="extra argument for gdb (repeatable)")
     gdb.add_argument("command", nargs=argparse.REMAINDER, help="-- PROG ARGS...")
     gdb.set_defaults(func=cmd_vm_gdb)
+
+    from kbox.vm import repro
+    repro.add_parser(vsub)
 
     images = vsub.add_parser("images", help="list, build or clean the guest image cache")
     g = images.add_mutually_exclusive_group()
