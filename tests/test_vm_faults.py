@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -471,7 +473,6 @@ def test_a_failing_vm_test_leaves_a_repro_that_replays_it(image: Any, tmp_path: 
     # A real `pytest vmtests`-style run whose test fails; its report must carry the one-line
     # replay, and `kbox vm repro` must rerun the same command on the same image and
     # accelerator, plainly and under gdb.
-    import re
     import shutil
     test = tmp_path / "test_failing.py"
     test.write_text(_FAILING_VM_TEST)
@@ -512,3 +513,34 @@ def test_a_failing_vm_test_leaves_a_repro_that_replays_it(image: Any, tmp_path: 
     assert "repro-out yes" in out and "exited with code 03" in out, out
     pids = _launched(log)
     assert len(pids) == 3 and not any(_alive(p) for p in pids)
+
+
+def test_kbox_from_runs_the_checkouts_python_and_c_core_in_the_guest(image: Any,
+                                                                      tmp_path: Path) -> None:
+    # A copy of this checkout with one change on each side: a module only it has, and a C
+    # core built from it (kbox.native must load /mnt/kbox-native's, and `kbox run` work).
+    import shutil
+    co = tmp_path / "checkout"
+    for top in ("kbox", "csrc"):
+        shutil.copytree(REPO / top, co / top,
+                        ignore=shutil.ignore_patterns("__pycache__", "_bin", "*.o"))
+    (co / "kbox/_only_in_this_checkout.py").write_text("MARK = 'from-the-checkout'\n")
+    env = dict(os.environ, KBOX_CACHE=os.environ.get("KBOX_CACHE",
+                                                     str(Path.home() / ".cache/kbox")),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    probe = ("import kbox, kbox.native as n, kbox._only_in_this_checkout as m; "
+             "print(m.MARK, kbox.__file__, n.launcher_path())")
+    res = subprocess.run([sys.executable, "-m", "kbox.vm.cli", "vm", "run", "--accel", "tcg",
+                          "--arch", FAULT_ARCH, "--kernel", FAULT_KERNEL, "--kbox-from",
+                          str(co), "--", "sh", "-c",
+                          (f"python3 -c {shlex.quote(probe)} && "
+                           "kbox run --syscall-mode trap -- /bin/echo ran-under-trap")],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == [
+        "from-the-checkout /mnt/kbox-from/kbox/__init__.py /mnt/kbox-native/kbox-launch",
+        "ran-under-trap"], res.stdout + res.stderr
+    assert re.search(r"its C core in \S+: \d+ object\(s\) compiled, .*kbox-launch", res.stderr)
+    # Built in the cache, nothing written into the checkout's tree but bytecode.
+    assert not list(co.rglob("*.o")) and not (co / "kbox/_bin").exists()

@@ -223,5 +223,5 @@ def test_kbox_from_command_puts_the_checkout_first() -> None:
     kf = kbox_from.KboxFrom(REPO, Path("/b"), (), 0.0)
     assert kf.wrap("kbox run -- true") == (
         "export PYTHONPATH=/mnt/kbox-from KBOX_NATIVE_DIR=/mnt/kbox-native "
-        "PYTHONPYCACHEPREFIX=/tmp/kbox-from-pycache; kbox run -- true")
+        "PYTHONDONTWRITEBYTECODE=1; kbox run -- true")
     assert [s.guest for s in kf.shares] == ["/mnt/kbox-from", "/mnt/kbox-native"]
