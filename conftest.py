@@ -18,7 +18,8 @@ away from them.
   as soon as it moves on to its next group: an idle guest under TCG still burns CPU.
 - The image build runs once per test run: ensure_image() holds a file lock per image,
   so with -n auto one worker builds and the others wait, then reuse the verified entry.
-- A failing VM test gets a "kbox VM" report section: console tail, dmesg, log path.
+- A failing VM test gets a "kbox VM" report section: the one-line replay of its repro
+  artifact (artifacts/repro/, kbox/vm/repro.py), console tail, dmesg, log path.
 - The terminal summary ends with the arch x kernel x tier matrix.
 
 The options are this conftest's own hook (pytest asks for them before any plugin is
