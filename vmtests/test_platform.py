@@ -39,7 +39,9 @@ def test_console_shows_no_kernel_warning(vm: Any) -> None:
 
 
 def test_share_round_trips_files_between_host_and_guest(vm_target: tuple[str, str],
-                                                        request: Any, tmp_path: Path) -> None:
+                                                        request: Any, tmp_path: Path,
+                                                        artifacts_dir: Path,
+                                                        worker_id: str) -> None:
     # kbox vm run --share: a VM of this arch x kernel of its own (a share is a device of the
     # machine, and a 9p export boots cold), the host directory at /mnt/src over virtio 9p.
     from kbox.vm import share
@@ -51,9 +53,10 @@ def test_share_round_trips_files_between_host_and_guest(vm_target: tuple[str, st
     shares = share.parse_shares([f"{src}:/mnt/src"])
     image = ensure_image(*vm_target, progress=False)
     accel = request.config.getoption("accel")
-    log_dir = Path(request.config.rootpath) / "artifacts" / "vm-logs" / "share"
-    with share.mounted(VM(image, accel=accel, log_dir=log_dir, **share.vm_options(shares)),
-                       shares) as guest:
+    log_dir = artifacts_dir / "vm-logs" / worker_id
+    with share.mounted(VM(image, accel=accel, log_dir=log_dir, worker_id=worker_id,
+                          name=f"{vm_target[0]}-{vm_target[1]}-{worker_id}-share",
+                          **share.vm_options(shares)), shares) as guest:
         res = guest.run("sha256sum /mnt/src/from-host.bin && "
                         "sha256sum /mnt/src/from-host.bin | cut -c1-64 > /mnt/src/from-guest "
                         "&& grep ' /mnt/src 9p ' /proc/mounts", timeout=60)
