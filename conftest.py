@@ -147,6 +147,8 @@ QUICK_ROOT_PROGRAMS = ("cd-and-up", "files", "os-release")
 def _quick_deselects(item: pytest.Item) -> bool:
     if item.nodeid.startswith("vmtests/test_warm_start.py"):
         return True   # CI does not warm-start; these make their own VMs (~20 s per cell)
+    if item.name.startswith("test_share_on_a_restored_guest"):
+        return True   # the same: a saved state per arch x kernel (vmtests/test_platform.py)
     cs = getattr(item, "callspec", None)
     if cs is None:
         return False

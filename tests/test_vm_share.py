@@ -225,3 +225,51 @@ def test_kbox_from_command_puts_the_checkout_first() -> None:
         "export PYTHONPATH=/mnt/kbox-from KBOX_NATIVE_DIR=/mnt/kbox-native "
         "PYTHONDONTWRITEBYTECODE=1; kbox run -- true")
     assert [s.guest for s in kf.shares] == ["/mnt/kbox-from", "/mnt/kbox-native"]
+
+
+# -- warm start with shares --------------------------------------------------------------------
+def test_a_warm_share_attaches_the_device_only(tmp_path: Path) -> None:
+    shares = share.parse_shares([f"{tmp_path}:/mnt/c"])
+    assert share.vm_options(shares, warm=True) == {"extra_qemu_args": share.qemu_args(shares)}
+
+
+def test_the_state_key_masks_the_exported_directory_only(tmp_path: Path) -> None:
+    from kbox.vm.snapshot import normalized_command
+    (tmp_path / "a,b").mkdir()
+    (tmp_path / "c").mkdir()
+    one = normalized_command(share.qemu_args(share.parse_shares([str(tmp_path / "a,b")])))
+    two = normalized_command(share.qemu_args(share.parse_shares([str(tmp_path / "c")])))
+    assert one == two == ["-fsdev", "local,id=fskbox0,path=DIR,security_model=none",
+                          "-device", "virtio-9p-pci,fsdev=fskbox0,mount_tag=kbox0"]
+    both = share.parse_shares([str(tmp_path / "a,b"), str(tmp_path / "c")])
+    assert normalized_command(share.qemu_args(both)) != one   # another device set
+
+
+def test_the_mount_script_prints_what_mount_failures_reads(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    # The script run by a host sh with insmod and mount stubs: one module loads, one fails;
+    # kbox0 mounts, kbox1 fails the way a kernel without 9p does.
+    import subprocess
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "insmod").write_text('#!/bin/sh\ncase "$1" in *9pnet.ko) exit 1;; esac\n')
+    (bindir / "mount").write_text('#!/bin/sh\n[ "$5" = kbox0 ] && exit 0\n'
+                                  'echo "mount: mounting $5 on $6 failed: No such device"; exit 1\n')
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    mods = tmp_path / "modules-9p"
+    mods.write_text("/m/9pnet.ko\n/m/9p.ko\n")
+    monkeypatch.setattr(share, "SHARE_MODULES_LIST", str(mods))
+    shares = share.numbered([(share.Share(tmp_path, str(tmp_path / "g0")), "a"),
+                             (share.Share(tmp_path, str(tmp_path / "g1")), "b")])
+    out = subprocess.run(["sh", "-c", share.mount_script(shares)], capture_output=True,
+                         text=True, env={"PATH": f"{bindir}:/usr/bin:/bin"}, timeout=30,
+                         check=False).stdout
+    assert out.splitlines() == [
+        "kbox-init: insmod /m/9pnet.ko failed",
+        f"kbox-init: share kbox0 on {tmp_path}/g0",
+        (f"kbox-init: share kbox1 on {tmp_path}/g1 failed: mount: mounting kbox1 on "
+         f"{tmp_path}/g1 failed: No such device")]
+    got = share.mount_failures(out, shares, "6.1.0-57-amd64")
+    assert len(got) == 1 and "has no 9p filesystem (insmod failed: 9pnet.ko)" in got[0]

@@ -80,8 +80,8 @@ def _warm_vm(args: argparse.Namespace) -> Any:
     from kbox.vm import share, snapshot
     shares = share.parse_shares(getattr(args, "share", None))   # checked before any build
     checkout = _kbox_from_checkout(args)
-    # A mounted 9p export blocks migration: a VM with shares boots cold (kbox/vm/share.py).
-    warm = not args.cold and not shares and checkout is None
+    # Shares too: the saved state has their devices unmounted, mounted after the restore.
+    warm = not args.cold
     image = _image(args, checksums=not warm)
     if checkout is not None:
         shares = _kbox_from_shares(args, checkout, image, shares)
@@ -93,7 +93,8 @@ def _warm_vm(args: argparse.Namespace) -> Any:
     recheck = warm and args.kernel_image is None
     return share.mounted(snapshot.ready_vm(image, accel=args.accel, cold=not warm,
                                            cold_image=(lambda: _image(args)) if recheck
-                                           else None, **share.vm_options(shares)), shares)
+                                           else None, **share.vm_options(shares, warm)),
+                         shares, over_ssh=warm)
 
 
 def _kbox_from_checkout(args: argparse.Namespace) -> Path | None:
@@ -362,7 +363,7 @@ def _add_cold_option(p: argparse.ArgumentParser) -> None:
 def _add_share_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", action="append", metavar="DIR[:GUEST]",
                    help="a host directory in the guest, read-write over virtio 9p (repeatable; "
-                        "GUEST default /mnt/<basename of DIR>; boots cold)")
+                        "GUEST default /mnt/<basename of DIR>)")
 
 
 def add_vm_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -189,9 +190,14 @@ def _qemu_identity(qemu: str) -> dict[str, Any]:
 
 def normalized_command(command: list[str]) -> list[str]:
     """The cold-boot command with what differs between runs of one configuration masked:
-    the host ports of hostfwd rules (the guest port stays)."""
+    the host ports of hostfwd rules (the guest port stays), and the host directory of a
+    9p export (`-fsdev local,…,path=DIR`: QEMU opens it at start and the migration stream
+    does not carry it, so one state serves any directory; kbox/vm/share.py mounts it after
+    the restore)."""
     out = []
-    for arg in command:
+    for i, arg in enumerate(command):
+        if i and command[i - 1] == "-fsdev":
+            arg = re.sub(r"(^|,)path=(?:[^,]|,,)*", r"\1path=DIR", arg)
         if "hostfwd=" in arg:
             parts = []
             for p in arg.split(","):
