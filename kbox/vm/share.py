@@ -9,8 +9,9 @@ reads at its next open: the mount uses 9p's default cache=none, so nothing is st
 Why not virtiofs: QEMU 7.2 ships its C virtiofsd (/usr/lib/qemu/virtiofsd) and it runs
 here (as root), but virtiofs needs the guest's RAM in a shared memory backend
 (memory-backend-memfd,share=on), which changes the machine every saved warm-start state
-is keyed by, and one more daemon per share to keep from outliving its VM. 9p needs
-neither; `transport()` names what is used and the CLI prints it.
+is keyed by, and one more daemon per share to keep from outliving its VM, for 10-25 %
+measured under TCG (docs/platform.md). 9p needs neither; Share.describe() names the
+transport and the CLI prints it.
 
 How the guest mounts: QEMU gets one `-fsdev local` + `-device virtio-9p-pci` per share
 (tags kbox0, kbox1, ...) and the kernel command line `kbox.share=TAG:GUEST` per share.
@@ -25,7 +26,7 @@ Warm start: a mounted 9p export blocks QEMU migration, but an unmounted 9p devic
 migrates, and the directory it exports is not in the migration stream (QEMU opens `path=`
 at start). So `kbox vm run|shell --share` restores the state saved for its device set
 (the snapshot key masks the fsdev's path: one state per number of shares, whatever the
-directories), then mounts over SSH with mount_script(): ~1.2 s instead of a 5 s cold boot.
+directories), then mounts over SSH with mount_script(): 1.5-2 s wall instead of a 5 s cold boot.
 `--cold` boots and lets /init mount them.
 
 Default GUEST: /mnt/<basename of DIR> (`--share .` in /work/main gives /mnt/main): short,
@@ -48,7 +49,7 @@ TRANSPORT = "virtio 9p"
 TAG_PREFIX = "kbox"
 # 9p's msize (bytes per request): the 8 KiB default of 6.1 makes every read of a large
 # file thousands of round trips through the emulated virtqueue; 512 KiB is the most the
-# virtio transport takes (VIRTQUEUE_NUM pages) on both kernels.
+# virtio transport takes on both kernels (they cap it at 512000: /proc/mounts shows that).
 MSIZE = 512 * 1024
 SHARE_MODULES_LIST = "/etc/kbox/modules-9p"
 _GUEST_OK = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
@@ -67,10 +68,6 @@ class Share:
 
     def describe(self) -> str:
         return f"{self.host} -> guest:{self.guest} ({TRANSPORT}, read-write)"
-
-
-def transport() -> str:
-    return TRANSPORT
 
 
 def _split(spec: str) -> tuple[str, str | None]:
