@@ -47,9 +47,9 @@ from kbox.errors import UserError
 
 TRANSPORT = "virtio 9p"
 TAG_PREFIX = "kbox"
-# 9p's msize (bytes per request): the 8 KiB default of 6.1 makes every read of a large
-# file thousands of round trips through the emulated virtqueue; 512 KiB is the most the
-# virtio transport takes on both kernels (they cap it at 512000: /proc/mounts shows that).
+# 9p's msize (bytes per request; the kernels' default is 128 KiB): fewer round trips through
+# the emulated virtqueue per large read. 512 KiB asked, which both kernels' virtio transport
+# caps at 512000 (as /proc/mounts shows); not measured against the default.
 MSIZE = 512 * 1024
 SHARE_MODULES_LIST = "/etc/kbox/modules-9p"
 _GUEST_OK = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
