@@ -54,10 +54,4 @@ def masked(name: str, out: str) -> str:
 
 # Root view bugs these programs found (csrc/core/view.c, kbox_view_host_path), expected to
 # fail until fixed; strict, so a fix makes them fail as XPASS and the marks go.
-KNOWN_BUGS = {
-    "ls-l-root": "a call that does not follow its last component on /, . or .. (lstat('/'), "
-                 "readlink('/.')) acts on the /proc/self/fd/N magic link: ls sees / as a "
-                 "symlink to the host path of the root",
-    "git": "mkdir('dir/') with a trailing slash resolves the whole path first and fails "
-           "with ENOENT (git init: '.git/hooks/: No such file or directory')",
-}
+KNOWN_BUGS: dict[str, str] = {}

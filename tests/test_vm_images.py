@@ -219,7 +219,7 @@ def test_kbox_layer_builds_once_and_rebuilds_when_a_source_changes(
     monkeypatch.setattr(images, "REPO", repo)
     monkeypatch.setitem(ARCHES, arch, dataclasses.replace(ARCHES[arch], initrd_compression=""))
     base = _fake_base(CACHE, arch, "6.1")
-    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p, *rest, **kw: (base, {}))
     monkeypatch.setattr(images, "check_host", lambda a: None)
 
     img = images.ensure_image(arch, "6.1", progress=False)
@@ -275,7 +275,7 @@ def test_a_failing_make_is_reported_with_its_output(CACHE: Path, tmp_path: Path,
     (repo / "csrc/Makefile").write_text("all:\n\t@echo 'dispatch.c:1: error: boom' >&2; false\n")
     monkeypatch.setattr(images, "REPO", repo)
     base = _fake_base(CACHE, arch, "6.12")
-    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p, *rest, **kw: (base, {}))
     monkeypatch.setattr(images, "check_host", lambda a: None)
     with pytest.raises(UserError, match="C core .* failed .*boom"):
         images.ensure_image(arch, "6.12", progress=False)
@@ -311,7 +311,7 @@ def test_lz4_initrd_is_a_legacy_frame_holding_both_archives(
     monkeypatch.setattr(images, "REPO", repo)
     monkeypatch.setitem(ARCHES, arch, dataclasses.replace(ARCHES[arch], initrd_compression="lz4"))
     base = _fake_base(CACHE, arch, "6.1")
-    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p, *rest, **kw: (base, {}))
     monkeypatch.setattr(images, "check_host", lambda a: None)
     img = images.ensure_image(arch, "6.1", progress=False)
     raw = img.initrd_path.read_bytes()
@@ -424,7 +424,7 @@ from pathlib import Path
 from kbox.vm import images
 images.REPO = Path(sys.argv[1])
 base = Path(sys.argv[2])
-images._ensure_base = lambda a, s, r, p: (base, {})
+images._ensure_base = lambda a, s, r, p, *rest, **kw: (base, {})
 images.check_host = lambda a: None
 img = images.ensure_image(sys.argv[3], "6.1", progress=False)
 print(img.cache_dir)
@@ -484,7 +484,7 @@ def test_a_local_kernel_image_carries_its_own_modules_and_module_list(
     monkeypatch.setattr(images, "REPO", repo)
     monkeypatch.setitem(ARCHES, arch, dataclasses.replace(ARCHES[arch], initrd_compression=""))
     base = _fake_base(CACHE, arch, "6.1")
-    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p: (base, {}))
+    monkeypatch.setattr(images, "_ensure_base", lambda a, s, r, p, *rest, **kw: (base, {}))
     monkeypatch.setattr(images, "check_host", lambda a: None)
     kfile = tmp_path / "linux/arch/x86/boot/bzImage"
     kfile.parent.mkdir(parents=True)

@@ -285,6 +285,22 @@ static void fd_path(struct kbox_buf *b, long fd)
     kbox_buf_dec(b, fd);
 }
 
+/* `path` resolved in the view to a descriptor, named /proc/self/fd/N for the call.  A call
+ * that does not follow its final component would act on that magic link itself (lstat sees
+ * a symlink, readlink the host path), so it gets N/. instead: here the object is always a
+ * directory (the root, "." or "..", or a trailing slash's symlink to one). */
+static int resolved_path(int dirfd, const char *path, bool follow, struct kbox_buf *b, int *tmpfd)
+{
+    long fd = view_open(dirfd, path, O_PATH | O_CLOEXEC, 0);
+    if (fd < 0)
+        return (int)fd;
+    *tmpfd = (int)fd;
+    fd_path(b, fd);
+    if (!follow)
+        kbox_buf_puts(b, "/.");
+    return b->truncated ? -ENAMETOOLONG : 0;
+}
+
 int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, size_t cap, int *tmpfd)
 {
     struct kbox_buf b;
@@ -312,15 +328,9 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
         start--;
     bool dots = (end - start == 1 && path[start] == '.') ||
                 (end - start == 2 && path[start] == '.' && path[start + 1] == '.');
-    if (follow || end == 0 || dots || end != n) {
-        long fd = view_open(dirfd, path, O_PATH | O_CLOEXEC, 0);
-        if (fd < 0)
-            return (int)fd;
-        *tmpfd = (int)fd;
-        fd_path(&b, fd);
-        return b.truncated ? -ENAMETOOLONG : 0;
-    }
-    char parent[KBOX_VIEW_PATH_MAX];
+    if (follow || end == 0 || dots)
+        return resolved_path(dirfd, path, follow, &b, tmpfd);
+    char parent[KBOX_VIEW_PATH_MAX], last[KBOX_VIEW_PATH_MAX];
     if (start >= sizeof(parent))
         return -ENAMETOOLONG;
     memcpy(parent, path, start);
@@ -332,6 +342,18 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
     long fd = view_open(dirfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return (int)fd;
+    if (end != n) {
+        /* "last/" follows a final symlink: that one is resolved in the view.  Anything else
+         * keeps its slash, which the kernel checks (mkdir("d/") creates d, rmdir("d/")
+         * removes it, lstat("f/") is ENOTDIR). */
+        char c;
+        memcpy(last, path + start, end - start);
+        last[end - start] = 0;
+        if (KSYS4(__NR_readlinkat, fd, last, &c, 1) >= 0) {
+            kbox_close((int)fd);
+            return resolved_path(dirfd, path, false, &b, tmpfd);
+        }
+    }
     *tmpfd = (int)fd;
     fd_path(&b, fd);
     kbox_buf_putc(&b, '/');
