@@ -133,20 +133,26 @@ def building(entry: Path, info: dict[str, object]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def locked(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Serialize builders (pytest-xdist workers, parallel CLIs) of one cache entry."""
-    lock_dir = cache_root() / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_dir / f"{name}.lock"))
+def file_lock(path: Path, timeout: float, what: str,
+              error: type[Exception] = UserError) -> Iterator[None]:
+    """Holds the lock file `path` (its directory made if missing); after `timeout` s of
+    waiting, raises `error` saying another kbox is `what`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
     try:
         lock.acquire(timeout=timeout)
     except Timeout as exc:
-        raise UserError(f"waited {timeout:.0f} s for another kbox image build "
-                        f"({lock_dir / name}.lock); is one stuck?") from exc
+        raise error(f"waited {timeout:.0f} s for another kbox {what} ({path}); "
+                    "is one stuck?") from exc
     try:
         yield
     finally:
         lock.release()
+
+
+def locked(name: str, timeout: float = LOCK_TIMEOUT) -> contextlib.AbstractContextManager[None]:
+    """Serialize builders (pytest-xdist workers, parallel CLIs) of one cache entry."""
+    return file_lock(cache_root() / "locks" / f"{name}.lock", timeout, "image build")
 
 
 def cleanup_stale_temps(parent: Path, max_age: float = 6 * 3600) -> None:

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
-from filelock import FileLock, Timeout
 
 from kbox.vm import cache, timing
 from kbox.vm import ssh as sshmod
@@ -240,22 +239,11 @@ def states_root() -> Path:
     return Path(env) if env else cache.cache_root() / "states"
 
 
-@contextlib.contextmanager
-def _locked(entry: Path, timeout: float) -> Iterator[None]:
+def _locked(entry: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
     """The lock of every state of one arch/kernel (<states>/locks/<arch>-<kernel>.lock):
     one process saves while the others wait, then restore what it saved."""
-    lock_dir = entry.parent / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_dir / f"{entry.name.rsplit('-', 1)[0]}.lock"))
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout as exc:
-        raise StateRejected(f"waited {timeout:.0f} s for another kbox saving a VM state "
-                            f"({lock.lock_file}); is one stuck?") from exc
-    try:
-        yield
-    finally:
-        lock.release()
+    path = entry.parent / "locks" / f"{entry.name.rsplit('-', 1)[0]}.lock"
+    return cache.file_lock(path, timeout, "saving a VM state", StateRejected)
 
 
 def state_entry(key: dict[str, Any]) -> Path:
