@@ -177,17 +177,23 @@ $(O)/prog: $(O)/a.o $(O)/b.o
 """
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
-                    reason="needs the host's gcc and make")
-def test_kbox_from_rebuilds_only_what_changed(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KBOX_CACHE", str(tmp_path / "cache"))
+def _fake_checkout(tmp_path: Path, makefile: str) -> Path:
+    """A directory that passes for a kbox checkout, with `makefile` as csrc/Makefile."""
     co = tmp_path / "checkout"
     (co / "kbox").mkdir(parents=True)
     (co / "csrc").mkdir()
     (co / "kbox/__init__.py").write_text("")
     (co / "kbox/cli.py").write_text("")
-    (co / "csrc/Makefile").write_text(_MAKEFILE)
+    (co / "csrc/Makefile").write_text(makefile)
+    return co
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
+                    reason="needs the host's gcc and make")
+def test_kbox_from_rebuilds_only_what_changed(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBOX_CACHE", str(tmp_path / "cache"))
+    co = _fake_checkout(tmp_path, _MAKEFILE)
     (co / "csrc/a.c").write_text("int a(void) { return 1; }\n")
     (co / "csrc/b.c").write_text("int a(void);\nint main(void) { return a() - 1; }\n")
     host = ARCHES[images.host_arch()]
@@ -208,12 +214,7 @@ def test_kbox_from_failed_build_is_one_line_with_makes_tail(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
     monkeypatch.setenv("KBOX_CACHE", str(tmp_path / "cache"))
-    co = tmp_path / "checkout"
-    (co / "kbox").mkdir(parents=True)
-    (co / "csrc").mkdir()
-    (co / "kbox/__init__.py").write_text("")
-    (co / "kbox/cli.py").write_text("")
-    (co / "csrc/Makefile").write_text("all:\n\t@echo broken-on-purpose >&2; false\n")
+    co = _fake_checkout(tmp_path, "all:\n\t@echo broken-on-purpose >&2; false\n")
     with pytest.raises(UserError) as ei:
         kbox_from.build(co, ARCHES[images.host_arch()], "", progress=False)
     assert "broken-on-purpose" in str(ei.value) and "\n" not in str(ei.value)
