@@ -61,8 +61,8 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="allow writable+executable mappings in the in-process tiers (JITs)")
     p.add_argument("--root", metavar="DIR",
                    help="run against the root filesystem DIR: the program's paths name files "
-                        "inside DIR (/proc, /dev and /sys stay the host's); no privileges needed. "
-                        "In-process tiers (trap, rewrite, auto) for now")
+                        "inside DIR (/proc, /dev and /sys stay the host's); no privileges needed; "
+                        "every tier (docs/tiers.md says where each one stops)")
     p.add_argument("--workdir", metavar="DIR", default=None,
                    help="with --root: the working directory inside the root (default /)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROG [ARGS...]")
@@ -91,10 +91,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     mode = args.syscall_mode
     if mode == AUTO:
         mode = runner.auto_mode(path, info=info).mode
-    if view is not None and mode == SECCOMP:
-        why = ("auto picked seccomp: " + runner.auto_mode(host, info=info).reason
-               if args.syscall_mode == AUTO else "the seccomp tier does not serve the root view yet")
-        raise UserError(f"kbox run: --root needs an in-process tier (trap or rewrite); {why}", 2)
     if mode == SECCOMP and args.virtual_pid:
         raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
                         "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)

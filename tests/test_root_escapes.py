@@ -33,14 +33,6 @@ from rootescape_cases import AF_UNIX_NOT_TRANSLATED, HOST_MARK, KNOWN_ESCAPES, R
 ITERATIONS = 2000
 
 
-class SeccompRootRefused(Exception):
-    """kbox run --syscall-mode=seccomp --root still refuses (exit 2, one line)."""
-
-
-SECCOMP_XFAIL = pytest.mark.xfail(strict=True, raises=SeccompRootRefused,
-                                  reason="seccomp --root not built yet")
-
-
 class Corpus:
     """The root, the host marker beside it, and the corpus's output per (mode, build)."""
 
@@ -83,8 +75,6 @@ class Corpus:
             self.bound_on_host[key] = (self.hostdir / "rootescape.sock").exists()
             self.runs[key] = (got, lines)
         got, lines = self.runs[key]
-        if mode == "seccomp" and got.returncode == 2 and "--root needs an in-process tier" in got.stderr:
-            raise SeccompRootRefused(got.stderr.strip())
         assert got.returncode == 0 and "FAIL" not in got.stdout, (
             f"rootescape-{kind} under {mode}: exit {got.returncode}\n{got.stdout}\n{got.stderr}")
         return lines
@@ -104,7 +94,7 @@ def _params(modes: list[str], cases: list[str]) -> list[Any]:
     out = []
     for mode in modes:
         for case in cases:
-            marks = [SECCOMP_XFAIL] if mode == "seccomp" else []
+            marks = []
             if (mode, case) in KNOWN_ESCAPES:
                 marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_ESCAPES[(mode, case)]))
             out.append(pytest.param(mode, case, marks=marks, id=f"{mode}-{case}"))
@@ -122,7 +112,7 @@ def test_escape_route_reaches_only_what_the_root_holds(CORPUS: Corpus, mode: str
 @pytest.mark.parametrize("mode", [
     pytest.param("trap", marks=pytest.mark.xfail(strict=True, reason=AF_UNIX_NOT_TRANSLATED)),
     pytest.param("rewrite", marks=pytest.mark.xfail(strict=True, reason=AF_UNIX_NOT_TRANSLATED)),
-    pytest.param("seccomp", marks=SECCOMP_XFAIL)])
+    pytest.param("seccomp", marks=pytest.mark.xfail(strict=True, reason=AF_UNIX_NOT_TRANSLATED))])
 def test_a_bind_never_creates_its_socket_file_on_the_host(CORPUS: Corpus, mode: str) -> None:
     """What the bind of unix-bind-absolute made, seen from the host: nothing beside the root."""
     CORPUS.run(mode, "static")
@@ -130,7 +120,7 @@ def test_a_bind_never_creates_its_socket_file_on_the_host(CORPUS: Corpus, mode: 
 
 
 @pytest.mark.parametrize("mode, kind", [
-    pytest.param(m, k, marks=[SECCOMP_XFAIL] if m == "seccomp" else [], id=f"{m}-{k}")
+    pytest.param(m, k, id=f"{m}-{k}")
     for m in ("trap", "rewrite", "auto", "seccomp") for k in ("static", "dynamic", "musl")
     if (m, k) not in (("trap", "static"), ("rewrite", "static"), ("seccomp", "static"))])
 def test_every_build_and_auto_print_the_expected_lines(CORPUS: Corpus, mode: str, kind: str) -> None:

@@ -52,3 +52,35 @@ int kbox_bpf_trap_outside_gate(struct sock_filter *out, int max, uint64_t gate_l
         out[i] = prog[i];
     return n;
 }
+
+int kbox_bpf_notify_trap_outside_gate(struct sock_filter *out, int max, uint64_t gate_lo,
+                                      uint64_t gate_hi, const int *trapped, int ntrapped)
+{
+    if (gate_hi <= gate_lo || (gate_lo >> 32) != ((gate_hi - 1) >> 32))
+        return -22; /* EINVAL */
+    int n = 0;
+#define EMIT(ins)                   \
+    do {                            \
+        if (n >= max)               \
+            return -7; /* E2BIG */  \
+        out[n++] = (ins);           \
+    } while (0)
+    EMIT(STMT(BPF_LD | BPF_W | BPF_ABS, SD_ARCH));
+    EMIT(JUMP(BPF_JMP | BPF_JEQ | BPF_K, KBOX_AUDIT_ARCH, 1, 0));
+    EMIT(STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+    /* From the gate: every call goes to the supervisor. */
+    EMIT(STMT(BPF_LD | BPF_W | BPF_ABS, SD_IP_HI));
+    EMIT(JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(gate_lo >> 32), 0, 4));
+    EMIT(STMT(BPF_LD | BPF_W | BPF_ABS, SD_IP_LO));
+    EMIT(JUMP(BPF_JMP | BPF_JGE | BPF_K, (uint32_t)gate_hi, 2, 0));
+    EMIT(JUMP(BPF_JMP | BPF_JGE | BPF_K, (uint32_t)gate_lo, 0, 1));
+    EMIT(STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
+    /* Elsewhere: the listed calls raise SIGSYS, the rest go to the supervisor. */
+    EMIT(STMT(BPF_LD | BPF_W | BPF_ABS, SD_NR));
+    for (int i = 0; i < ntrapped; i++)
+        EMIT(JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)trapped[i], (uint8_t)(ntrapped - i), 0));
+    EMIT(STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
+    EMIT(STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP));
+#undef EMIT
+    return n;
+}

@@ -18,4 +18,11 @@ int kbox_bpf_notify_all(struct sock_filter *out, int max);
 int kbox_bpf_trap_outside_gate(struct sock_filter *out, int max, uint64_t gate_lo,
                                uint64_t gate_hi);
 
+/* seccomp tier with a root view: syscalls from the gate go to the supervisor; elsewhere the
+ * `trapped` numbers (execve, execveat, close_range) raise SIGSYS, to be made again from the
+ * gate in a form the supervisor can check (tiers/seccomp-guest.c), and every other native
+ * syscall goes to the supervisor; foreign ABIs kill. */
+int kbox_bpf_notify_trap_outside_gate(struct sock_filter *out, int max, uint64_t gate_lo,
+                                      uint64_t gate_hi, const int *trapped, int ntrapped);
+
 #endif

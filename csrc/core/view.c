@@ -133,8 +133,7 @@ static long openat2_in(int dirfd, const char *path, uint64_t flags, uint64_t mod
 
 static void fd_path(struct kbox_buf *b, long fd);
 
-/* The host path descriptor `fd` names (readlink of /proc/self/fd/N); its length or -errno. */
-static long fd_host_path(int fd, char *host, size_t cap)
+long kbox_view_fd_host_path(int fd, char *host, size_t cap)
 {
     char link[32];
     struct kbox_buf b;
@@ -151,7 +150,7 @@ static long guest_dir(int dirfd, char *out, size_t cap)
 {
     char host[KBOX_VIEW_PATH_MAX];
     long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
-                               : fd_host_path(dirfd, host, sizeof(host));
+                               : kbox_view_fd_host_path(dirfd, host, sizeof(host));
     if (n < 0)
         return n;
     return kbox_view_guest_path(host, out, cap) < 0 ? -EXDEV : 0;
@@ -197,9 +196,11 @@ int kbox_view_fd_inside(int fd)
 int kbox_view_cwd_allowed(int fd)
 {
     char host[KBOX_VIEW_PATH_MAX];
-    long n = fd_host_path(fd, host, sizeof(host));
+    long n = kbox_view_fd_host_path(fd, host, sizeof(host));
     if (n < 0)
         return (int)n;
+    if (kbox_view.private_proc[0] && has_prefix_dir(host, kbox_view.private_proc))
+        return 0;
     return kbox_view_guest_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
 }
 

@@ -23,6 +23,9 @@ struct kbox_view {
     int root_fd;                 /* O_PATH directory of the root; -1: no view */
     char root[KBOX_VIEW_PATH_MAX]; /* its canonical host path, no trailing '/' ("" for "/") */
     size_t root_len;
+    /* A host /proc directory no walk may reach or pass through: the seccomp supervisor's
+     * own ("/proc/<pid>"), since it walks the program's /proc paths as itself. */
+    char private_proc[24];
 };
 extern struct kbox_view kbox_view;
 
@@ -41,6 +44,9 @@ long kbox_view_openat(int dirfd, const char *path, int flags, int mode);
  * acts on a final symlink itself), or the path unchanged (host /proc, /dev, /sys; an empty
  * path).  *tmpfd receives N, to close once the call has run (-1 if none).  0 or -errno. */
 int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, size_t cap, int *tmpfd);
+
+/* The host path descriptor `fd` names (readlink of /proc/self/fd/N); its length or -errno. */
+long kbox_view_fd_host_path(int fd, char *host, size_t cap);
 
 /* 1 if descriptor `fd` names something inside the view, 0 if outside, or -errno (EBADF). */
 int kbox_view_fd_inside(int fd);

@@ -8,12 +8,13 @@
  *   --trap-backend=seccomp|sud
  *   --trace  --trace-json  --trace-output=FILE  --trace-fd=N  --strsize=N
  *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx  --no-promote
- *   --root=DIR --workdir=DIR   (the root view: DIR canonical; in-process tiers)
- *   --shared-fd=N --relaunch --exec-path=PATH   (internal: execve re-launch)
+ *   --root=DIR --workdir=DIR   (the root view: DIR canonical)
+ *   --shared-fd=N --relaunch --exec-path=PATH --cwd-fd=N   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
  */
 #include "tiers/launch.h"
+#include "tiers/seccomp-guest.h"
 #include "arch/interface.h"
 #include "core/policy.h"
 #include "core/shared.h"
@@ -34,7 +35,7 @@ static struct kbox_policy policy;
 static struct kbox_launch launch;
 static char *saved_opts[64];
 static const char *stats_tier = "trap";
-static char trace_fd_opt[32], shared_fd_opt[32], self_path[4096];
+static char trace_fd_opt[32], shared_fd_opt[32], cwd_fd_opt[32], self_path[4096];
 
 static __attribute__((noreturn)) void usage(const char *a, const char *b)
 {
@@ -162,6 +163,7 @@ static int launcher_main(uint64_t *sp)
     launch.envp = envp;
     launch.policy = &policy;
     launch.shared_fd = -1;
+    launch.cwd_fd = -1;
     policy.trace_opts.strsize = 32;
     policy.trace_opts.show_pid = true;
     policy.trace_fd = -1;
@@ -238,6 +240,11 @@ static int launcher_main(uint64_t *sp)
         } else if (opt_value(a, "--workdir", &v)) {
             workdir = v;
             keep = false; /* the working directory carries over an execve by itself */
+        } else if (opt_value(a, "--cwd-fd", &v)) {
+            long fd;
+            if (!kbox_parse_long(v, &fd) || fd < 0)
+                usage("bad --cwd-fd ", v);
+            launch.cwd_fd = (int)fd;
         } else if (opt_value(a, "--exec-path", &v)) {
             exec_path = v;
             keep = false;
@@ -258,9 +265,15 @@ static int launcher_main(uint64_t *sp)
     if (mode == MODE_NONE)
         return kbox_plain_run(&launch);
 
-    if (root && mode == MODE_SECCOMP)
-        usage("--root needs an in-process tier (--syscall-mode=trap or rewrite): the seccomp "
-              "tier does not serve the root view yet", NULL);
+    if (mode == MODE_SECCOMP && launch.relaunch) {
+        /* A program's execve with a root view (seccomp-guest.h): the supervisor serves this
+         * image's calls; the options are kept for the next execve. */
+        if (!root || launch.cwd_fd < 0)
+            usage("--relaunch with --syscall-mode=seccomp needs --root and --cwd-fd", NULL);
+        launch.launcher_opts = saved_opts;
+        launch.n_launcher_opts = nsaved;
+        kbox_seccomp_guest(&launch);
+    }
     if (root) {
         int r = kbox_view_init(root, high_fd(2));
         if (r < 0) {
@@ -326,6 +339,14 @@ static int launcher_main(uint64_t *sp)
         kbox_buf_puts(&b, "--shared-fd=");
         kbox_buf_dec(&b, launch.shared_fd);
         saved_opts[nsaved++] = shared_fd_opt;
+    }
+    if (root && mode == MODE_SECCOMP) {
+        struct kbox_buf b;
+        launch.cwd_fd = high_fd(3);
+        kbox_buf_init(&b, cwd_fd_opt, sizeof(cwd_fd_opt));
+        kbox_buf_puts(&b, "--cwd-fd=");
+        kbox_buf_dec(&b, launch.cwd_fd);
+        saved_opts[nsaved++] = cwd_fd_opt;
     }
     launch.launcher_opts = saved_opts;
     launch.n_launcher_opts = nsaved;

@@ -21,6 +21,7 @@ struct kbox_launch {
     bool no_promote;            /* --no-promote: no wrapper-call promotion (rewrite tier) */
     bool relaunch;              /* we are a guest's execve, already inside the sandbox */
     int shared_fd;
+    int cwd_fd;                 /* seccomp tier with a root view: the working directory's descriptor */
     struct kbox_policy *policy;
     /* Ends the run with `status` (printing --stats first): the launcher's, so that a tier
      * that must end the run from a signal handler (the supervisor) does not call up into it. */

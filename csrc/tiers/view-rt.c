@@ -14,6 +14,7 @@
  */
 #include "tiers/view-rt.h"
 #include "tiers/runtime.h"
+#include "tiers/pathargs.h"
 #include "core/mem.h"
 #include "lib/str.h"
 #include <linux/errno.h>
@@ -32,14 +33,6 @@ bool kbox_view_touches(int nr)
     return false;
 }
 
-static int flags_arg(const struct kbox_sysent *e, const uint64_t *a)
-{
-    for (int i = 0; i < e->nargs; i++)
-        if (e->arg[i] == KA_AT_FLAGS)
-            return (int)a[i];
-    return 0;
-}
-
 /* *at calls whose path argument follows a DIRFD and that take AT_EMPTY_PATH in their
  * AT_FLAGS argument to mean "the descriptor itself". */
 static bool takes_empty_path(int nr)
@@ -53,20 +46,6 @@ static int flags_index(const struct kbox_sysent *e)
         if (e->arg[i] == KA_AT_FLAGS)
             return i;
     return 0;
-}
-
-static bool follows(const struct kbox_req *req, const struct kbox_sysent *e, const uint64_t *a, int i)
-{
-    if (req->nr == __NR_linkat)
-        return i == 1 && (a[4] & AT_SYMLINK_FOLLOW);
-    if (e->props & KBOX_SC_NOFOLLOW)
-        return false;
-    return !(flags_arg(e, a) & AT_SYMLINK_NOFOLLOW);
-}
-
-static int dirfd_of(const struct kbox_sysent *e, const uint64_t *a, int i)
-{
-    return i > 0 && e->arg[i - 1] == KA_DIRFD ? (int)a[i - 1] : AT_FDCWD;
 }
 
 /* The open family, served: the descriptor comes straight from the confined resolution. */
@@ -120,14 +99,14 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
             *ret = view_open(req, a, guest);
             return true;
         }
-        int r = kbox_view_host_path(dirfd_of(e, a, i), guest, follows(req, e, a, i), vc->path[k],
+        int r = kbox_view_host_path(kbox_path_dirfd(e, a, i), guest, kbox_path_follows(req->nr, e, a, i), vc->path[k],
                                     sizeof(vc->path[k]), &vc->tmpfd[k]);
         if (r < 0) {
             *ret = r;
             return true;
         }
         a[i] = (uint64_t)(uintptr_t)vc->path[k];
-        if (vc->tmpfd[k] >= 0 && takes_empty_path(req->nr) && follows(req, e, a, i) &&
+        if (vc->tmpfd[k] >= 0 && takes_empty_path(req->nr) && kbox_path_follows(req->nr, e, a, i) &&
             i > 0 && e->arg[i - 1] == KA_DIRFD && flags_index(e) > i) {
             /* The call can name the resolved object by its descriptor: no walk through
              * /proc/self/fd (the stat family's hot path). */

@@ -1,0 +1,39 @@
+/* Where a call's path arguments start and whether they follow a final symlink, from the
+ * syscall table: shared by the root view of the in-process tiers (view-rt.c) and of the
+ * seccomp supervisor (seccomp-view.c). */
+#ifndef KBOX_TIERS_PATHARGS_H
+#define KBOX_TIERS_PATHARGS_H
+
+#include "arch.h"
+#include "lib/sys.h"
+#include "arch/sysent.h"
+#include <stdbool.h>
+#include <linux/fcntl.h>
+
+/* The call's AT_* flags argument, or 0. */
+static inline int kbox_path_flags(const struct kbox_sysent *e, const uint64_t *a)
+{
+    for (int i = 0; i < e->nargs; i++)
+        if (e->arg[i] == KA_AT_FLAGS)
+            return (int)a[i];
+    return 0;
+}
+
+/* Whether path argument i follows a final symlink: unless the call says otherwise
+ * (KBOX_SC_NOFOLLOW, or AT_SYMLINK_NOFOLLOW); linkat follows only with AT_SYMLINK_FOLLOW. */
+static inline bool kbox_path_follows(int nr, const struct kbox_sysent *e, const uint64_t *a, int i)
+{
+    if (nr == __NR_linkat)
+        return i == 1 && (a[4] & AT_SYMLINK_FOLLOW);
+    if (e->props & KBOX_SC_NOFOLLOW)
+        return false;
+    return !(kbox_path_flags(e, a) & AT_SYMLINK_NOFOLLOW);
+}
+
+/* The directory path argument i is relative to: the DIRFD before it, else AT_FDCWD. */
+static inline int kbox_path_dirfd(const struct kbox_sysent *e, const uint64_t *a, int i)
+{
+    return i > 0 && e->arg[i - 1] == KA_DIRFD ? (int)a[i - 1] : AT_FDCWD;
+}
+
+#endif

@@ -1,0 +1,35 @@
+/* The root view in the seccomp supervisor (seccomp-view.c). */
+#ifndef KBOX_TIERS_SECCOMP_VIEW_H
+#define KBOX_TIERS_SECCOMP_VIEW_H
+
+#include "core/request.h"
+#include <stdbool.h>
+#include <stdint.h>
+
+struct kbox_sview {
+    int listener;           /* the seccomp listener (ADDFD) */
+    int cwd_fd;             /* the working directory's descriptor number in every guest */
+    uint64_t image_lo, image_hi; /* kbox's image, at the same address in every guest */
+    char self_exe[4096];    /* kbox's host path: a process running it is one of the run's */
+    size_t self_exe_len;
+};
+
+/* Prepares the supervisor's side (its private /proc entry, kbox's path and image). */
+int kbox_sview_init(struct kbox_sview *sv, int listener, int cwd_fd);
+
+enum kbox_sview_action {
+    KBOX_SV_CONTINUE,   /* not a call of the view: the kernel runs it (CONTINUE) */
+    KBOX_SV_RESULT,     /* served or refused here: answer with *ret */
+    KBOX_SV_ANSWERED,   /* served and answered already (a descriptor installed with
+                           ADDFD|SEND, or handed to a helper for a FIFO); *ret is the result */
+};
+
+/* Serves the notified call `req` (id: its notification) inside the view when it touches a
+ * path, and refuses what would let the program reach around the view (see the comment at
+ * the top of seccomp-view.c).  `shown` receives the request the trace should decode: for a
+ * served call, its arguments point at the supervisor's copies (the guest paths as read,
+ * the results as written), which stay valid after the answer. */
+enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox_req *req, uint64_t id,
+                                        int64_t *ret, struct kbox_req *shown);
+
+#endif
