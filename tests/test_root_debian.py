@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from debian_programs import ENV, KNOWN_BUGS, PROGRAMS, masked
 
 REPO = Path(__file__).resolve().parent.parent
-TIERS = ["trap", "rewrite", "auto"]
+TIERS = ["trap", "rewrite", "auto", "seccomp"]
 @pytest.fixture(scope="session")
 def DEBIAN_TREE() -> root_debian.DebianRoot:
     """The cached tree of this host's architecture (built on the first use on a machine)."""

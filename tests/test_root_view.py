@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import rootfs  # noqa: E402
 
-TIERS = ["trap", "rewrite", "auto"]
+TIERS = ["trap", "rewrite", "auto", "seccomp"]
 SECRET = "HOST-SECRET-not-in-the-root"
 
 
@@ -95,7 +95,7 @@ ESCAPES = {
 }
 
 
-@pytest.mark.parametrize("tier", ["trap", "rewrite"])
+@pytest.mark.parametrize("tier", ["trap", "rewrite", "seccomp"])
 @pytest.mark.parametrize("case", sorted(ESCAPES))
 def test_escape_attempt_stays_inside_the_root(ROOT, case, tier):
     got = kbox(ROOT, "sh", "-c", ESCAPES[case], tier=tier)
@@ -103,7 +103,7 @@ def test_escape_attempt_stays_inside_the_root(ROOT, case, tier):
     assert got.returncode != 0 or case == "symlink-loop" or "No such file" in got.stderr
 
 
-@pytest.mark.parametrize("tier", ["trap", "rewrite"])
+@pytest.mark.parametrize("tier", ["trap", "rewrite", "seccomp"])
 def test_a_directory_fd_from_outside_the_view_cannot_be_walked(ROOT, tier):
     """fd N is the directory beside the root, open before kbox started."""
     fd = os.open(str(ROOT.parent), os.O_RDONLY | os.O_DIRECTORY)
@@ -124,14 +124,19 @@ def test_a_directory_fd_from_outside_the_view_cannot_be_walked(ROOT, tier):
     assert got.stdout.split() == ["13"] * 5, got.stdout  # EACCES, each time
 
 
-def test_paths_reported_back_are_guest_paths(ROOT):
+@pytest.mark.parametrize("tier", ["trap", "seccomp"])
+def test_paths_reported_back_are_guest_paths(ROOT, tier):
     got = kbox(ROOT, "sh", "-c", "cd /usr/lib && readlink /proc/self/cwd && python3 -c "
-               "\"import os; fd = os.open('/etc', os.O_RDONLY); print(os.readlink(f'/proc/self/fd/{fd}'), os.getcwd())\"")
+               "\"import os; fd = os.open('/etc', os.O_RDONLY); print(os.readlink(f'/proc/self/fd/{fd}'), os.getcwd())\"",
+               tier=tier)
     assert got.stdout.split() == ["/usr/lib", "/etc", "/usr/lib"], got.stderr
 
 
-def test_trace_shows_the_programs_own_paths(ROOT):
-    argv = [sys.executable, "-m", "kbox", "run", "--trace", "--root", str(ROOT), "--", "cat", "/etc/hostname"]
+@pytest.mark.parametrize("tier", ["trap", "seccomp"])
+def test_trace_shows_the_programs_own_paths(ROOT, tier):
+    """The seccomp supervisor serves the open itself, so its trace has the result too."""
+    argv = [sys.executable, "-m", "kbox", "run", "--trace", f"--syscall-mode={tier}", "--root", str(ROOT),
+            "--", "cat", "/etc/hostname"]
     got = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert got.stdout == rootfs.HOSTNAME
     assert 'openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = 3' in got.stderr
@@ -145,7 +150,9 @@ def test_trace_shows_the_programs_own_paths(ROOT):
     (["--root", "{root}", "--", "no-such-program"], 127, "no-such-program: command not found (in the root"),
     (["--root", "{root}", "--", "/etc/hostname"], 126, "Permission denied"),
     (["--root", "{root}", "--workdir", "/nope", "--", "sh"], 2, "--workdir /nope: no such directory in the root"),
-    (["--root", "{root}", "--syscall-mode=seccomp", "--", "sh"], 2, "--root needs an in-process tier"),
+    (["--root", "{root}", "--syscall-mode=seccomp", "--", "/etc/hostname"], 126, "Permission denied"),
+    (["--root", "{root}", "--syscall-mode=seccomp", "--workdir", "/nope", "--", "sh"], 2,
+     "--workdir /nope: no such directory in the root"),
     (["--workdir", "/tmp", "--", "true"], 2, "--workdir applies with --root only"),
 ])
 def test_bad_root_options_get_one_line_and_the_documented_status(ROOT, args, status, message):
