@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from kbox import native
 from kbox.errors import UserError
-from kbox.tiers import AUTO, REWRITE, TIERS, TRAP
+from kbox.tiers import AUTO, REWRITE, SECCOMP, TIERS, TRAP
 
 DEFAULT_MODES = ("native", *TIERS, AUTO)
 # Also accepted: the trap tier with Syscall User Dispatch as its SIGSYS source (x86_64).
@@ -115,8 +115,8 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str,
         if mode == "native":
             return ["chroot", root, ROOT_BENCH_PATH, *bench_args]
         from kbox import runner
-        if mode not in (TRAP, REWRITE):
-            raise RuntimeError("the root view is served by the in-process tiers (trap, rewrite)")
+        if mode not in (SECCOMP, TRAP, REWRITE):
+            raise RuntimeError("the root view is served by the tiers (seccomp, trap, rewrite)")
         return list(runner.launch_argv(ROOT_BENCH_PATH, list(bench_args), mode=mode,
                                        extra=[f"--root={root}", "--workdir=/"]))
     if mode == "native":

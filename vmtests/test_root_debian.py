@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from kbox import root_debian
-from kbox.tiers import IN_PROCESS
+from kbox.tiers import IN_PROCESS, SECCOMP
 from vmtests.helpers import describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -61,7 +61,7 @@ def _env() -> str:
     return shlex.join(["env", "-i", *(f"{k}={v}" for k, v in ENV.items())])
 
 
-@pytest.mark.parametrize("tier", IN_PROCESS)
+@pytest.mark.parametrize("tier", [*IN_PROCESS, SECCOMP])
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program_inside_the_root_of_debian_packages_matches_native_chroot(
         vm: Any, vm_pool: Any, name: str, tier: str, request: pytest.FixtureRequest) -> None:

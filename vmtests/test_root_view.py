@@ -45,7 +45,7 @@ def _root(vm: Any) -> str:
     return ROOT
 
 
-@pytest.mark.parametrize("tier", [*IN_PROCESS, AUTO])
+@pytest.mark.parametrize("tier", [*IN_PROCESS, AUTO, SECCOMP])
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program_inside_the_root_matches_native_chroot(vm: Any, name: str, tier: str) -> None:
     root = _root(vm)
@@ -56,7 +56,7 @@ def test_program_inside_the_root_matches_native_chroot(vm: Any, name: str, tier:
         describe(f"{name} under {tier} --root", res, native)
 
 
-@pytest.mark.parametrize("tier", IN_PROCESS)
+@pytest.mark.parametrize("tier", [*IN_PROCESS, SECCOMP])
 def test_escape_attempts_stay_inside_the_root(vm: Any, tier: str) -> None:
     root = _root(vm)
     for case in ESCAPES:
@@ -91,14 +91,6 @@ LISTEN_AND_EXEC = ("import os, socket, sys; s = socket.socket(socket.AF_UNIX); s
 _escape_runs: dict[tuple[str, str, str, str], tuple[Any, dict[str, str]]] = {}
 
 
-class SeccompRootRefused(Exception):
-    """kbox run --syscall-mode=seccomp --root still refuses (exit 2, one line)."""
-
-
-SECCOMP_XFAIL = pytest.mark.xfail(strict=True, raises=SeccompRootRefused,
-                                  reason="seccomp --root not built yet")
-
-
 def _escape_run(vm: Any, tier: str, program: str) -> dict[str, str]:
     """The corpus's lines (plus `bound-on-host`: whether a socket file appeared beside the
     root) for `program` from the image, run once per VM, tier and build in a fresh root."""
@@ -123,8 +115,6 @@ def _escape_run(vm: Any, tier: str, program: str) -> dict[str, str]:
         lines = dict(ln.split(": ", 1) for ln in res.stdout.splitlines() if ": " in ln)
         _escape_runs[key] = (res, lines)
     res, lines = _escape_runs[key]
-    if tier == SECCOMP and res.exit_status == 2 and "--root needs an in-process tier" in res.stderr:
-        raise SeccompRootRefused(res.stderr.strip())
     assert res.exit_status == 0 and "FAIL" not in res.stdout, describe(f"rootescape under {tier}", res)
     return lines
 
@@ -133,7 +123,7 @@ def _known(tier: str) -> set[str]:
     return {c for (t, c) in CASES.KNOWN_ESCAPES if t == (IN_PROCESS[0] if tier == AUTO else tier)}
 
 
-@pytest.mark.parametrize("tier", [*IN_PROCESS, AUTO, pytest.param(SECCOMP, marks=SECCOMP_XFAIL)])
+@pytest.mark.parametrize("tier", [*IN_PROCESS, AUTO, SECCOMP])
 @pytest.mark.parametrize("program", ["rootescape-static", "rootescape-dynamic", "rootescape-musl"])
 def test_escape_corpus_reaches_only_what_the_root_holds(vm: Any, tier: str, program: str) -> None:
     """Every route of the corpus prints its contained line (the known escapes apart)."""
@@ -147,9 +137,8 @@ def test_escape_corpus_reaches_only_what_the_root_holds(vm: Any, tier: str, prog
 
 
 @pytest.mark.parametrize("tier", [
-    *(pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=CASES.AF_UNIX_NOT_TRANSLATED))
-      for t in IN_PROCESS),
-    pytest.param(SECCOMP, marks=SECCOMP_XFAIL)])
+    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=CASES.AF_UNIX_NOT_TRANSLATED))
+    for t in (*IN_PROCESS, SECCOMP)])
 def test_escape_corpus_af_unix_paths_stay_inside_the_root(vm: Any, tier: str) -> None:
     lines = _escape_run(vm, tier, "rootescape-static")
     want = CASES.expected(tier, ESCAPE_ITERATIONS)
