@@ -36,4 +36,21 @@ static inline int kbox_path_dirfd(const struct kbox_sysent *e, const uint64_t *a
     return i > 0 && e->arg[i - 1] == KA_DIRFD ? (int)a[i - 1] : AT_FDCWD;
 }
 
+/* The index of the call's AT_* flags argument, or -1. */
+static inline int kbox_path_flags_index(const struct kbox_sysent *e)
+{
+    for (int i = 0; i < e->nargs; i++)
+        if (e->arg[i] == KA_AT_FLAGS)
+            return i;
+    return -1;
+}
+
+/* *at calls whose AT_FLAGS take AT_EMPTY_PATH to mean "the descriptor itself": the stat
+ * family and fchownat can name a resolved object by its descriptor, without a walk through
+ * /proc/self/fd. */
+static inline bool kbox_path_takes_empty(int nr)
+{
+    return nr == __NR_newfstatat || nr == __NR_statx || nr == __NR_fchownat;
+}
+
 #endif

@@ -3,15 +3,14 @@
 #define KBOX_TIERS_SECCOMP_VIEW_H
 
 #include "core/request.h"
+#include "tiers/seccomp-proc.h"
 #include <stdbool.h>
 #include <stdint.h>
 
 struct kbox_sview {
     int listener;           /* the seccomp listener (ADDFD) */
-    int cwd_fd;             /* the working directory's descriptor number in every guest */
     uint64_t image_lo, image_hi; /* kbox's image, at the same address in every guest */
-    char self_exe[4096];    /* kbox's host path: a process running it is one of the run's */
-    size_t self_exe_len;
+    struct kbox_sview_run run;
 };
 
 /* Prepares the supervisor's side (its private /proc entry, kbox's path and image). */
@@ -31,5 +30,9 @@ enum kbox_sview_action {
  * the results as written), which stay valid after the answer. */
 enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox_req *req, uint64_t id,
                                         int64_t *ret, struct kbox_req *shown);
+
+/* Calls refused for containment (seccomp-refuse.c), and the working directory's descriptor
+ * kept; true if answered (*ret). */
+bool kbox_sview_refuse(const struct kbox_sview *sv, const struct kbox_req *req, int64_t *ret);
 
 #endif

@@ -33,21 +33,6 @@ bool kbox_view_touches(int nr)
     return false;
 }
 
-/* *at calls whose path argument follows a DIRFD and that take AT_EMPTY_PATH in their
- * AT_FLAGS argument to mean "the descriptor itself". */
-static bool takes_empty_path(int nr)
-{
-    return nr == __NR_newfstatat || nr == __NR_statx || nr == __NR_fchownat;
-}
-
-static int flags_index(const struct kbox_sysent *e)
-{
-    for (int i = 0; i < e->nargs; i++)
-        if (e->arg[i] == KA_AT_FLAGS)
-            return i;
-    return 0;
-}
-
 /* The open family, served: the descriptor comes straight from the confined resolution. */
 static int64_t view_open(const struct kbox_req *req, const uint64_t *a, const char *path)
 {
@@ -106,13 +91,13 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
             return true;
         }
         a[i] = (uint64_t)(uintptr_t)vc->path[k];
-        if (vc->tmpfd[k] >= 0 && takes_empty_path(req->nr) && kbox_path_follows(req->nr, e, a, i) &&
-            i > 0 && e->arg[i - 1] == KA_DIRFD && flags_index(e) > i) {
+        if (vc->tmpfd[k] >= 0 && kbox_path_takes_empty(req->nr) && kbox_path_follows(req->nr, e, a, i) &&
+            i > 0 && e->arg[i - 1] == KA_DIRFD && kbox_path_flags_index(e) > i) {
             /* The call can name the resolved object by its descriptor: no walk through
              * /proc/self/fd (the stat family's hot path). */
             a[i - 1] = (uint64_t)vc->tmpfd[k];
             vc->path[k][0] = 0;
-            a[flags_index(e)] |= AT_EMPTY_PATH;
+            a[kbox_path_flags_index(e)] |= AT_EMPTY_PATH;
         }
         k++;
     }
