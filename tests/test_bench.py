@@ -196,5 +196,7 @@ def test_bench_argv_inside_a_root_runs_chroot_natively_and_the_view_under_kbox()
     assert native == ["chroot", "/r", bench.ROOT_BENCH_PATH, "--json"]
     rw = bench.bench_argv("rewrite", ["--json"], "/ignored", root="/r")
     assert "--root=/r" in rw and "--syscall-mode=rewrite" in rw and rw[-2:] == [bench.ROOT_BENCH_PATH, "--json"]
-    with pytest.raises(RuntimeError, match="in-process tiers"):
-        bench.bench_argv("seccomp", [], "/ignored", root="/r")
+    sc = bench.bench_argv("seccomp", ["--json"], "/ignored", root="/r")
+    assert "--root=/r" in sc and "--syscall-mode=seccomp" in sc and sc[-2:] == [bench.ROOT_BENCH_PATH, "--json"]
+    with pytest.raises(RuntimeError, match="served by the tiers"):
+        bench.bench_argv("floor-getpid", [], "/ignored", root="/r")

@@ -1,4 +1,4 @@
-"""kbox run --root DIR: the program's files come from DIR, confined, in the in-process tiers.
+"""kbox run --root DIR: the program's files come from DIR, confined, in every tier (seccomp, trap, rewrite).
 
 Real programs (dash, coreutils, python3, sqlite3, git, copied with their libraries into a
 merged-/usr tree whose /bin is an absolute symlink) run inside the root and print what a
