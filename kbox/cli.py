@@ -16,6 +16,7 @@ examples:
   kbox run --syscall-mode=seccomp --deny openat:EACCES -- cat /etc/hostname
   kbox run --virtual-pid -- sh -c 'echo $$'   the program sees itself as pid 1
   kbox run --root R -- /bin/sh -c 'cat /etc/os-release'   R's files, not the host's
+  kbox run --root R --bind ~/src:/src --workdir /src -- make   a host directory inside R
   kbox rootfs build --arch aarch64 --out R   a minimal Debian tree from Debian packages
   kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
   kbox bench --modes native,seccomp,trap  cost per syscall in each tier
@@ -65,6 +66,14 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                         "every tier (docs/tiers.md says where each one stops)")
     p.add_argument("--workdir", metavar="DIR", default=None,
                    help="with --root: the working directory inside the root (default /)")
+    p.add_argument("--bind", action="append", default=[], metavar="HOST[:GUEST]",
+                   help="with --root: show the host file or directory HOST at GUEST in the root "
+                        "(default: the same path), over what the root has there; GUEST may be "
+                        "missing (its parent must exist); repeatable, at most 16")
+    p.add_argument("--host-binds", action="store_true",
+                   help="with --root: bind the host's usual files: /etc/resolv.conf, hosts, "
+                        "host.conf, nsswitch.conf, passwd, group, localtime, /tmp and /run "
+                        "(those the host has)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROG [ARGS...]")
     p.set_defaults(func=cmd_run)
 
@@ -80,11 +89,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     view = None
     if args.root is not None:
         from kbox.rootview import RootView
-        view = RootView(args.root, args.workdir or "/")
+        view = RootView(args.root, args.workdir or "/", binds=args.bind, host_binds=args.host_binds)
         path, host = view.find_program(command[0])
         info = elfinfo.inspect(host, display=command[0])
-    elif args.workdir is not None:
-        raise UserError("kbox run: --workdir applies with --root only", 2)
+    elif args.workdir is not None or args.bind or args.host_binds:
+        opt = "--workdir" if args.workdir is not None else "--bind" if args.bind else "--host-binds"
+        raise UserError(f"kbox run: {opt} applies with --root only", 2)
     else:
         path = elfinfo.resolve_program(command[0])
         info = elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes

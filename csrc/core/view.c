@@ -6,10 +6,6 @@
 #include <linux/fcntl.h>
 #include <linux/openat2.h>
 
-#ifndef __NR_openat2
-#define __NR_openat2 437
-#endif
-
 struct kbox_view kbox_view = { .root_fd = -1 };
 
 int kbox_view_init(const char *root, int fd_at)
@@ -125,12 +121,6 @@ static const char *through_proc(const char *path, char *buf, size_t cap, long *e
     return t ? t : path;
 }
 
-static long openat2_in(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve)
-{
-    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
-    return KSYS4(__NR_openat2, dirfd, path, &how, sizeof(how));
-}
-
 static void fd_path(struct kbox_buf *b, long fd);
 
 long kbox_view_fd_host_path(int fd, char *host, size_t cap)
@@ -145,8 +135,7 @@ long kbox_view_fd_host_path(int fd, char *host, size_t cap)
     return n;
 }
 
-/* The guest path of directory `dirfd` (AT_FDCWD: the working directory) into out. */
-static long guest_dir(int dirfd, char *out, size_t cap)
+long kbox_view_guest_dir(int dirfd, char *out, size_t cap)
 {
     char host[KBOX_VIEW_PATH_MAX];
     long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
@@ -161,8 +150,15 @@ static long guest_dir(int dirfd, char *out, size_t cap)
  * root with dirfd's guest path in front. */
 static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
 {
+    if (kbox_view_nbinds) {
+        char g[KBOX_VIEW_PATH_MAX] = "/";
+        long r = path[0] == '/' ? 0 : kbox_view_guest_dir(dirfd, g, sizeof(g));
+        if (r < 0)
+            return r == -EXDEV ? -EACCES : r; /* a directory outside the view: no way up */
+        return kbox_binds_walk(kbox_view.root_fd, dirfd, g, path, flags, mode);
+    }
     if (path[0] == '/')
-        return openat2_in(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT);
+        return kbox_openat2(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT);
     /* The working directory is always inside the view (chdir is translated, fchdir checked);
      * another directory fd may be one the program inherited from outside. */
     if (dirfd != AT_FDCWD) {
@@ -170,11 +166,11 @@ static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode
         if (in <= 0)
             return in < 0 ? in : -EACCES;
     }
-    long r = openat2_in(dirfd, path, flags, mode, RESOLVE_BENEATH);
+    long r = kbox_openat2(dirfd, path, flags, mode, RESOLVE_BENEATH);
     if (r != -EXDEV)
         return r;
     char abs[KBOX_VIEW_PATH_MAX];
-    long g = guest_dir(dirfd, abs, sizeof(abs));
+    long g = kbox_view_guest_dir(dirfd, abs, sizeof(abs));
     if (g < 0)
         return g == -EXDEV ? -EACCES : g; /* a directory outside the view: no way up */
     struct kbox_buf b;
@@ -183,13 +179,13 @@ static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode
     kbox_buf_puts(&b, path);
     if (b.truncated)
         return -ENAMETOOLONG;
-    return openat2_in(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT);
+    return kbox_openat2(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT);
 }
 
 int kbox_view_fd_inside(int fd)
 {
     char guest[KBOX_VIEW_PATH_MAX];
-    long r = guest_dir(fd, guest, sizeof(guest));
+    long r = kbox_view_guest_dir(fd, guest, sizeof(guest));
     return r == 0 ? 1 : r == -EXDEV ? 0 : (int)r;
 }
 
@@ -242,7 +238,7 @@ static long passthrough_check(const char *path, bool follow)
         if (ofd < 0) {
             r = -EACCES; /* a dangling symlink: an O_CREAT would create its host target */
         } else if (kbox_view_cwd_allowed((int)ofd) != 1) {
-            long m = openat2_in((int)pfd, last, O_PATH | O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS);
+            long m = kbox_openat2((int)pfd, last, O_PATH | O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS);
             long d = kbox_openat((int)ofd, ".", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
             if (m >= 0)
                 kbox_close((int)m);
@@ -331,6 +327,16 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
                 (end - start == 2 && path[start] == '.' && path[start + 1] == '.');
     if (follow || end == 0 || dots)
         return resolved_path(dirfd, path, follow, &b, tmpfd);
+    const struct kbox_view_bind *bind = kbox_view_bind_named(dirfd, path);
+    if (bind) {
+        /* The call acts on the bind itself: its source, named in a way that does not make
+         * it act on a /proc magic link (a directory's "." or a file's name in its own
+         * directory).  Removing or renaming it is refused by the callers (EBUSY). */
+        fd_path(&b, bind->dir ? bind->fd : bind->parent_fd);
+        kbox_buf_putc(&b, '/');
+        kbox_buf_puts(&b, bind->dir ? "." : bind->base);
+        return b.truncated ? -ENAMETOOLONG : 0;
+    }
     char parent[KBOX_VIEW_PATH_MAX], last[KBOX_VIEW_PATH_MAX];
     if (start >= sizeof(parent))
         return -ENAMETOOLONG;
@@ -365,7 +371,20 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
 long kbox_view_guest_path(const char *host, char *out, size_t cap)
 {
     size_t rl = kbox_view.root_len;
-    if (kbox_strncmp(host, kbox_view.root, rl) != 0 || (host[rl] != 0 && host[rl] != '/'))
+    bool in_root = kbox_strncmp(host, kbox_view.root, rl) == 0 && (host[rl] == 0 || host[rl] == '/');
+    const struct kbox_view_bind *bind = kbox_view_nbinds ? kbox_binds_holding(host) : NULL;
+    if (bind && (!in_root || bind->host_len > rl)) {
+        /* The source nearest to it: a bind of a directory inside the root, or a root
+         * inside a bind's source, names it from the deeper one. */
+        const char *rest = host + bind->host_len;
+        size_t n = kbox_strlen(rest);
+        if (bind->guest_len + n + 1 > cap)
+            return -1;
+        memmove(out + bind->guest_len, rest, n + 1);
+        memcpy(out, bind->guest, bind->guest_len);
+        return (long)(bind->guest_len + n);
+    }
+    if (!in_root)
         return -1;
     const char *rest = host[rl] ? host + rl : "/";
     size_t n = kbox_strlen(rest);
@@ -373,4 +392,44 @@ long kbox_view_guest_path(const char *host, char *out, size_t cap)
         return -1;
     memmove(out, rest, n + 1);
     return (long)n;
+}
+
+const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path)
+{
+    if (!kbox_view_nbinds)
+        return NULL;
+    size_t end = kbox_strlen(path), start;
+    while (end > 0 && path[end - 1] == '/')
+        end--;
+    for (start = end; start > 0 && path[start - 1] != '/'; start--)
+        ;
+    char parent[KBOX_VIEW_PATH_MAX], g[KBOX_VIEW_PATH_MAX];
+    if (end == start || start + 2 >= sizeof(parent))
+        return NULL;
+    memcpy(parent, path, start);
+    parent[start] = 0;
+    if (!start) {
+        parent[0] = '.';
+        parent[1] = 0;
+    }
+    long fd = view_open(dirfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    long r = kbox_view_guest_dir((int)fd, g, sizeof(g));
+    kbox_close((int)fd);
+    if (r < 0)
+        return NULL;
+    size_t gl = g[1] ? kbox_strlen(g) : 0, n = end - start;
+    if (gl + 1 + n >= sizeof(g))
+        return NULL;
+    g[gl] = '/';
+    memcpy(g + gl + 1, path + start, n);
+    return kbox_binds_at(g, gl + 1 + n);
+}
+
+int kbox_view_add_bind(const char *host, const char *guest, int fd_at)
+{
+    if (!kbox_view_on() || host_passthrough(guest))
+        return -EINVAL;
+    return kbox_binds_add(kbox_view.root_fd, host, guest, fd_at);
 }

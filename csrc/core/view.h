@@ -8,11 +8,14 @@
  * root.  /proc, /dev and /sys are the host's (guest paths under them pass unchanged), except
  * /proc/<pid>/root, which names the view's root.
  *
- * This is the part every tier shares; tiers/view-rt.c applies it in the in-process tiers.
+ * Binds (--bind) are walked by core/view-binds.c.  This is the part every tier shares;
+ * tiers/view-rt.c applies it in the in-process tiers, tiers/seccomp-view.c in the seccomp
+ * supervisor.
  */
 #ifndef KBOX_CORE_VIEW_H
 #define KBOX_CORE_VIEW_H
 
+#include "core/view-binds.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -55,8 +58,20 @@ int kbox_view_fd_inside(int fd);
  * host's /proc, /dev, /sys, where relative paths stay beneath it), 0 if not, or -errno. */
 int kbox_view_cwd_allowed(int fd);
 
-/* The guest path for a host path: the part after the root, "/" for the root itself; the
+/* The guest path of directory `dirfd` (AT_FDCWD: the working directory) into out: 0,
+ * -EXDEV when it is outside the view, or -errno. */
+long kbox_view_guest_dir(int dirfd, char *out, size_t cap);
+
+/* The guest path for a host path (inside a bind: the bind's guest path in front): the part after the root, "/" for the root itself; the
  * length written, or -1 if `host` is outside the root (left unchanged). */
 long kbox_view_guest_path(const char *host, char *out, size_t cap);
+
+/* Binds (core/view-binds.h): adds one, HOST shown at GUEST (canonical paths); 0 or -errno
+ * (-EINVAL also for a guest path in /proc, /dev or /sys, which are the host's already). */
+int kbox_view_add_bind(const char *host, const char *guest, int fd_at);
+
+/* The bind the final component of `path` (relative to dirfd) names, or NULL: calls that
+ * remove or rename it fail with EBUSY, as on a mount point. */
+const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path);
 
 #endif

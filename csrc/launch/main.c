@@ -9,6 +9,7 @@
  *   --trace  --trace-json  --trace-output=FILE  --trace-fd=N  --strsize=N
  *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx  --no-promote
  *   --root=DIR --workdir=DIR   (the root view: DIR canonical)
+ *   --bind=HOST --bind-at=GUEST   (repeatable, after --root: HOST shown at GUEST; canonical)
  *   --shared-fd=N --relaunch --exec-path=PATH --cwd-fd=N   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
@@ -172,6 +173,9 @@ static int launcher_main(uint64_t *sp)
     const char *trace_output = NULL, *exec_path = NULL, *root = NULL, *workdir = NULL, *v;
     bool allow_wx = false;
     int nsaved = 0, i;
+    /* --bind=HOST --bind-at=GUEST pairs (canonical paths, checked by kbox run). */
+    const char *bind_host[KBOX_VIEW_BINDS_MAX + 1] = { 0 }, *bind_guest[KBOX_VIEW_BINDS_MAX];
+    int nbinds = 0;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool keep = true;
@@ -237,6 +241,14 @@ static int launcher_main(uint64_t *sp)
             keep = false;
         } else if (opt_value(a, "--root", &v)) {
             root = v;
+        } else if (opt_value(a, "--bind", &v)) {
+            if (nbinds == KBOX_VIEW_BINDS_MAX)
+                usage("too many --bind (the most is 16)", NULL);
+            bind_host[nbinds] = v;
+        } else if (opt_value(a, "--bind-at", &v)) {
+            if (!bind_host[nbinds])
+                usage("--bind-at without --bind before it", NULL);
+            bind_guest[nbinds++] = v;
         } else if (opt_value(a, "--workdir", &v)) {
             workdir = v;
             keep = false; /* the working directory carries over an execve by itself */
@@ -274,11 +286,28 @@ static int launcher_main(uint64_t *sp)
         launch.n_launcher_opts = nsaved;
         kbox_seccomp_guest(&launch);
     }
+    if (bind_host[nbinds] || (nbinds && !root))
+        usage("--bind needs --bind-at after it, and --root", NULL);
     if (root) {
         int r = kbox_view_init(root, high_fd(2));
         if (r < 0) {
             kbox_err("--root ", root, ": cannot open it as a directory");
             return KBOX_EXIT_USAGE;
+        }
+        for (int b = 0; b < nbinds; b++) {
+            /* Descriptors below the root's, the seccomp tier's cwd (3) and one spare. */
+            r = kbox_view_add_bind(bind_host[b], bind_guest[b], high_fd(5 + 2 * b));
+            if (r < 0) {
+                char why[160];
+                struct kbox_buf m;
+                kbox_buf_init(&m, why, sizeof(why));
+                kbox_buf_puts(&m, " at ");
+                kbox_buf_puts(&m, bind_guest[b]);
+                kbox_buf_puts(&m, ": ");
+                kbox_buf_puts(&m, kbox_strerror(-r));
+                kbox_err("--bind ", bind_host[b], why);
+                return KBOX_EXIT_USAGE;
+            }
         }
         if (!launch.relaunch && start_in(workdir ? workdir : "/") < 0)
             return KBOX_EXIT_USAGE;

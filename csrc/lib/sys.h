@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <asm/unistd.h>
+#include <linux/errno.h>
+#include <linux/openat2.h>
 
 long kbox_syscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
 
@@ -32,6 +34,25 @@ extern const char __start_kbox_gate[], __stop_kbox_gate[];
     kbox_syscall6((nr), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 
 static inline int kbox_is_err(long r) { return (unsigned long)r > (unsigned long)-4096L; }
+
+#ifndef __NR_openat2
+#define __NR_openat2 437
+#endif
+
+/* openat2(2) with struct open_how's three fields.  A RESOLVE_IN_ROOT/RESOLVE_BENEATH walk
+ * through ".." fails with EAGAIN when any rename or mount anywhere on the system raced it
+ * (the kernel cannot then prove it stayed inside); that is retried, a bounded number of
+ * times so that a program renaming in a loop gets EAGAIN rather than a livelock. */
+static inline long kbox_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
+                                uint64_t resolve)
+{
+    struct open_how how = { .flags = flags, .mode = mode, .resolve = resolve };
+    long r;
+    for (int tries = 0; tries < 64; tries++)
+        if ((r = KSYS4(__NR_openat2, dirfd, path, &how, sizeof(how))) != -EAGAIN)
+            break;
+    return r;
+}
 
 static inline long kbox_write(int fd, const void *buf, size_t n) { return KSYS3(__NR_write, fd, buf, n); }
 static inline long kbox_read(int fd, void *buf, size_t n) { return KSYS3(__NR_read, fd, buf, n); }

@@ -136,8 +136,13 @@ int64_t kbox_run_execve(const struct kbox_req *req, const uint64_t *a)
         return n;
     if (n == 0)
         return -ENOENT;
-    if (kbox_strcmp(path, "/proc/self/exe") == 0)
+    if (kbox_strcmp(path, "/proc/self/exe") == 0) {
+        /* The program's own executable (busybox's applets re-execute it so).  guest_exe is
+         * a host path; in a root view the path to resolve is its guest path. */
         memcpy(path, kbox_rt.guest_exe, kbox_strlen(kbox_rt.guest_exe) + 1);
+        if (kbox_view_on() && kbox_view_guest_path(path, path, 4096) < 0)
+            return -ENOENT;
+    }
 
     int rc = exec_precheck(path, 0);
     if (rc < 0)

@@ -53,4 +53,25 @@ static inline bool kbox_path_takes_empty(int nr)
     return nr == __NR_newfstatat || nr == __NR_statx || nr == __NR_fchownat;
 }
 
+/* Calls that remove or rename the object their path names: on a bind of the root view they
+ * fail with EBUSY, as on a mount point. */
+static inline bool kbox_path_removes(int nr)
+{
+    switch (nr) {
+#ifdef __NR_unlink
+    case __NR_unlink:
+    case __NR_rmdir:
+    case __NR_rename:
+#endif
+#ifdef __NR_renameat
+    case __NR_renameat:
+#endif
+    case __NR_unlinkat:
+    case __NR_renameat2:
+        return true;
+    default:
+        return false;
+    }
+}
+
 #endif

@@ -4,4 +4,4 @@
 
 struct kbox_runtime kbox_rt;
 uint8_t kbox_trap_fast[KBOX_NR_MAX];
-int kbox_own_fd[KBOX_OWN_FDS] = { -1, -1, -1 };
+int kbox_own_fd[KBOX_OWN_FDS] = { [0 ... KBOX_OWN_FDS - 1] = -1 };

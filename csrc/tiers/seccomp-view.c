@@ -166,6 +166,8 @@ static long resolve_arg(const struct kbox_sview *sv, const struct kbox_req *req,
         if (*dirfd < 0)
             return *dirfd;
     }
+    if (!follow && kbox_path_removes(req->nr) && kbox_view_bind_named((int)*dirfd, g))
+        return -EBUSY;
     int tmp = -1;
     r = kbox_view_host_path((int)*dirfd, g, follow, c.host[k], PATH_CAP, &tmp);
     keep_fd(tmp);

@@ -84,7 +84,12 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
             *ret = view_open(req, a, guest);
             return true;
         }
-        int r = kbox_view_host_path(kbox_path_dirfd(e, a, i), guest, kbox_path_follows(req->nr, e, a, i), vc->path[k],
+        bool follow = kbox_path_follows(req->nr, e, a, i);
+        if (!follow && kbox_path_removes(req->nr) && kbox_view_bind_named(kbox_path_dirfd(e, a, i), guest)) {
+            *ret = -EBUSY;
+            return true;
+        }
+        int r = kbox_view_host_path(kbox_path_dirfd(e, a, i), guest, follow, vc->path[k],
                                     sizeof(vc->path[k]), &vc->tmpfd[k]);
         if (r < 0) {
             *ret = r;
