@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -108,9 +109,10 @@ ROOT_BENCH_PATH = "/usr/bin/kbox-bench"
 
 
 def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str,
-               root: str | None = None) -> list[str]:
+               root: str | None = None, root_opts: Sequence[str] = ()) -> list[str]:
     """The command running kbox-bench natively or under one kbox mode; with `root`, inside
-    that tree (natively: chroot(2) of it; under kbox: the root view)."""
+    that tree (natively: chroot(2) of it; under kbox: the root view, with the launcher's
+    `root_opts` such as its binds)."""
     if root is not None:
         if mode == "native":
             return ["chroot", root, ROOT_BENCH_PATH, *bench_args]
@@ -118,7 +120,7 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str,
         if mode not in (SECCOMP, TRAP, REWRITE):
             raise RuntimeError("the root view is served by the tiers (seccomp, trap, rewrite)")
         return list(runner.launch_argv(ROOT_BENCH_PATH, list(bench_args), mode=mode,
-                                       extra=[f"--root={root}", "--workdir=/"]))
+                                       extra=[f"--root={root}", *root_opts, "--workdir=/"]))
     if mode == "native":
         return [bench_path, *bench_args]
     if mode.startswith("floor-"):
@@ -135,13 +137,13 @@ def bench_argv(mode: str, bench_args: Sequence[str], bench_path: str,
 
 def _run_once(mode: str, bench_path: str, iterations: int, repeats: int, rows: str | None,
               timeout: float, max_seconds: float | None = None,
-              root: str | None = None) -> dict[str, Any]:
+              root: str | None = None, root_opts: Sequence[str] = ()) -> dict[str, Any]:
     args = ["--iterations", str(iterations), "--repeats", str(repeats), "--json"]
     if max_seconds:
         args += ["--max-seconds", str(max_seconds)]
     if rows:
         args += ["--rows", rows]
-    argv = bench_argv(mode, args, bench_path, root)
+    argv = bench_argv(mode, args, bench_path, root, root_opts)
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)
@@ -173,7 +175,8 @@ def bench_program(libc: str) -> Path:
 def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: int = 3,
                   rows: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                   progress: Any = None, max_seconds: float | None = None,
-                  libc: str = "glibc", root: str | None = None) -> BenchResult:
+                  libc: str = "glibc", root: str | None = None,
+                  root_opts: Sequence[str] = ()) -> BenchResult:
     """Measure every mode in interleaved rounds; native is always measured (the baseline)."""
     say = progress or (lambda msg: None)
     bench_path = str(bench_program(libc))
@@ -182,7 +185,8 @@ def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: i
 
     for mode in ordered:
         try:
-            _run_once(mode, bench_path, PROBE_ITERATIONS, 1, rows, PROBE_TIMEOUT, root=root)
+            _run_once(mode, bench_path, PROBE_ITERATIONS, 1, rows, PROBE_TIMEOUT, root=root,
+                      root_opts=root_opts)
         except (RuntimeError, UserError, ImportError) as exc:
             if mode == "native":
                 raise UserError(f"kbox bench: kbox-bench does not run natively: {exc}") from exc
@@ -196,7 +200,7 @@ def run_benchmark(modes: Sequence[str], iterations: int, rounds: int, repeats: i
             say(f"kbox bench: round {rnd}/{rounds}, mode {mode}")
             try:
                 data = _run_once(mode, bench_path, iterations, repeats, rows, timeout, max_seconds,
-                                 root)
+                                 root, root_opts)
             except RuntimeError as exc:
                 # It passed the probe, so this is a failure worth reporting, not a skip.
                 result.modes.remove(mode)
@@ -265,6 +269,9 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="run kbox-bench inside a root filesystem tree built for it (kbox-bench "
                         "and its libraries): the tiers serve its paths through the root view, "
                         "and native is a chroot of the same tree (needs root)")
+    p.add_argument("--binds", type=int, default=0, metavar="N",
+                   help="with --root: the view also has N binds (empty directories at /bind-K): "
+                        "every path is then walked by kbox itself (up to 16)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object with a "rows" list of '
                         '{"name", "mode", "us_per_call", "ratio"}')
@@ -284,6 +291,10 @@ def run_bench(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.binds and not args.root:
+        raise UserError("kbox bench: --binds applies with --root only", exit_code=2)
+    if not 0 <= args.binds <= 16:
+        raise UserError("kbox bench: --binds must be between 0 and 16", exit_code=2)
     if not args.root:
         result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
                                args.timeout, progress, args.max_seconds, args.libc)
@@ -301,14 +312,24 @@ def run_bench(args: argparse.Namespace) -> int:
             os.rename(Path(tree) / str(bench).lstrip("/"), Path(tree) / ROOT_BENCH_PATH.lstrip("/"))
             for lib in rootfs.needed(str(bench)):
                 rootfs.copy_file(lib, Path(tree))
-            result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
-                                   args.timeout, progress, args.max_seconds, args.libc, root=tree)
+            opts: list[str] = []
+            for k in range(args.binds):
+                src = Path(tree + "-binds") / str(k)
+                src.mkdir(parents=True)
+                opts += [f"--bind={src}", f"--bind-at=/bind-{k}"]
+            try:
+                result = run_benchmark(modes, args.iterations, args.rounds, args.repeats, args.rows,
+                                       args.timeout, progress, args.max_seconds, args.libc,
+                                       root=tree, root_opts=opts)
+            finally:
+                shutil.rmtree(tree + "-binds", ignore_errors=True)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         print(f"kbox bench ({BENCH_PROGRAMS[args.libc]}): {args.iterations} calls per pass, "
               f"best of {args.repeats} passes x {args.rounds} rounds; ratio = mode / native "
-              "in this run" + ("; inside a root tree (native: chroot of it)" if args.root else ""))
+              "in this run" + ("; inside a root tree (native: chroot of it)" if args.root else "")
+              + (f", the view with {args.binds} binds" if args.binds else ""))
         print(result.table())
         short = result.cut_short()
         if short:
