@@ -5,6 +5,7 @@ import argparse
 import json
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -126,7 +127,8 @@ def test_bench_interleaves_rounds_and_skips_an_unavailable_mode(
     monkeypatch.setenv("KBOX_NATIVE_DIR", str(bench_dir))
     calls: list[str] = []
 
-    def fake_argv(mode: str, bench_args_: list[str], path: str, root: str | None = None) -> list[str]:
+    def fake_argv(mode: str, bench_args_: list[str], path: str, root: str | None = None,
+                  root_opts: Sequence[str] = ()) -> list[str]:
         calls.append(mode)
         if mode == "rewrite":
             return ["sh", "-c", "echo 'kbox: rewrite is not supported on this kernel' >&2; "
@@ -151,7 +153,7 @@ def test_bench_default_modes_tolerate_absent_tiers(bench_dir: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KBOX_NATIVE_DIR", str(bench_dir))
-    monkeypatch.setattr(bench, "bench_argv", lambda mode, a, path, root=None: [path, *a]
+    monkeypatch.setattr(bench, "bench_argv", lambda mode, a, path, root=None, root_opts=(): [path, *a]
                         if mode == "native" else ["false"])
     args = bench_args(iterations=200, rounds=1, repeats=1, json=True)
     assert bench.run_bench(args) == 0
@@ -200,3 +202,5 @@ def test_bench_argv_inside_a_root_runs_chroot_natively_and_the_view_under_kbox()
     assert "--root=/r" in sc and "--syscall-mode=seccomp" in sc and sc[-2:] == [bench.ROOT_BENCH_PATH, "--json"]
     with pytest.raises(RuntimeError, match="served by the tiers"):
         bench.bench_argv("floor-getpid", [], "/ignored", root="/r")
+    bound = bench.bench_argv("trap", [], "/ignored", root="/r", root_opts=["--bind=/s", "--bind-at=/b"])
+    assert bound.index("--root=/r") < bound.index("--bind=/s") < bound.index("--bind-at=/b")
