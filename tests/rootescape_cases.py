@@ -56,6 +56,9 @@ EXPECTED: dict[str, str] = {
     "openat2-resolve-no-symlinks": INSIDE,
     "openat2-resolve-beneath-host-dir": "EACCES",
     "openat2-resolve-in-root-host-dir": "EACCES",
+    "openat2-resolve-in-root-view-root": INSIDE,
+    "openat2-resolve-beneath-view-root": "EXDEV",
+    "openat2-resolve-beneath-absolute": "EXDEV",
     "hardlink-marker-path": INSIDE,
     "hardlink-from-host-dir-fd": "EACCES",
     "hardlink-through-proc-self-fd": "EACCES",
@@ -78,9 +81,9 @@ def expected(mode: str, iterations: int) -> dict[str, str]:
 SECCOMP_EXPECTED = {"proc-double-slash-self-root": INSIDE}
 
 
-# No tier serves the program's own openat2 yet (docs/tiers.md): ENOSYS, and libc falls back
-# to openat.  Nothing is reached.
-NOW_EXPECTED = {**EXPECTED, **{c: "ENOSYS" for c in EXPECTED if c.startswith("openat2-")}}
+# Every tier serves the program's own openat2 (its RESOLVE_BENEATH/IN_ROOT from a directory
+# inside the view are the kernel's; a directory outside the view is refused).
+NOW_EXPECTED = EXPECTED
 
 AF_UNIX_NOT_TRANSLATED = ("no tier translates AF_UNIX socket paths yet (docs/tiers.md, 'Not "
                           "yet'): bind of an absolute path creates the socket file on the host, "

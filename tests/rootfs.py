@@ -1,5 +1,5 @@
 """A small Debian-style root filesystem built from this host's own programs, for the root view
-tests: dash, coreutils, python3, sqlite3 and git with the shared libraries they load, laid out
+tests: dash (or, where there is none, the host's /bin/sh), coreutils, python3, sqlite3 and git with the shared libraries they load, laid out
 merged-/usr with an *absolute* /bin symlink (so every path through /bin exercises an absolute
 symlink resolved inside the root)."""
 from __future__ import annotations
@@ -26,7 +26,14 @@ def build(root: Path) -> Path:
     for prog in PROGRAMS:
         if os.path.exists(prog):
             copy_program(prog, root)
-    os.symlink("dash", root / "usr/bin/sh")
+    if os.path.exists("/usr/bin/dash"):
+        os.symlink("dash", root / "usr/bin/sh")
+    else:
+        # The VM images' /bin/sh is busybox (no dash package): the tree's shell is too.
+        shell = os.path.realpath("/bin/sh")
+        copy_program(shell, root)
+        if os.path.basename(shell) != "sh":
+            os.symlink(os.path.basename(shell), root / "usr/bin/sh")
     os.symlink("python3.11", root / "usr/bin/python3")
     shutil.copytree("/usr/lib/python3.11", root / "usr/lib/python3.11", symlinks=True,
                     ignore=shutil.ignore_patterns("test", "idlelib", "tkinter", "ensurepip",

@@ -51,6 +51,7 @@ def test_program_inside_the_root_matches_native_chroot(vm: Any, name: str, tier:
     root = _root(vm)
     cmd = PROGRAMS[name]
     native = vm.run(f"chroot {root} {cmd}", timeout=300)
+    assert native.exit_status == 0, describe(f"{name} natively in a chroot of the root", native)
     res = vm.run(f"cd / && kbox run --syscall-mode={tier} --root {root} -- {cmd}", timeout=600)
     assert (res.exit_status, res.stdout) == (native.exit_status, native.stdout), \
         describe(f"{name} under {tier} --root", res, native)
@@ -60,9 +61,10 @@ def test_program_inside_the_root_matches_native_chroot(vm: Any, name: str, tier:
 def test_escape_attempts_stay_inside_the_root(vm: Any, tier: str) -> None:
     root = _root(vm)
     for case in ESCAPES:
-        res = vm.run(f"kbox run --syscall-mode={tier} --root {root} -- sh -c {shlex.quote(case)}",
-                     timeout=300)
+        res = vm.run(f"kbox run --syscall-mode={tier} --root {root} -- sh -c "
+                     f"{shlex.quote(case + '; echo the-shell-ran')}", timeout=300)
         assert SECRET not in res.stdout + res.stderr, describe(f"escape: {case}", res)
+        assert "the-shell-ran" in res.stdout, describe(f"escape: {case}: the shell did not run", res)
 
 
 # Binds (--bind): a directory and a file from beside the root; with any bind kbox walks every

@@ -5,6 +5,7 @@
 #include <linux/uio.h>
 #include <linux/ioctl.h>
 #include <linux/seccomp.h>
+#include <linux/openat2.h>
 
 
 static long self_read(const struct kbox_mem *m, uint64_t addr, void *buf, size_t len)
@@ -78,4 +79,25 @@ long kbox_mem_read_str(const struct kbox_mem *m, uint64_t addr, char *buf, size_
     }
     buf[got] = 0;
     return (long)got;
+}
+
+long kbox_open_how_read(const struct kbox_mem *m, uint64_t addr, uint64_t size, struct open_how *how)
+{
+    /* As the kernel's copy_struct_from_user: a smaller struct than it knows is too old
+     * (EINVAL), a larger one must hold only zeros past what it knows (E2BIG otherwise). */
+    if (size < sizeof(*how))
+        return -EINVAL;
+    if (size > 4096)
+        return -E2BIG;
+    if (m->read(m, addr, how, sizeof(*how)) != (long)sizeof(*how))
+        return -EFAULT;
+    for (uint64_t off = sizeof(*how); off < size; off += 8) {
+        uint64_t tail = 0;
+        size_t n = size - off < 8 ? (size_t)(size - off) : 8;
+        if (m->read(m, addr + off, &tail, n) != (long)n)
+            return -EFAULT;
+        if (tail)
+            return -E2BIG;
+    }
+    return 0;
 }

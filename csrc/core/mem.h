@@ -17,4 +17,9 @@ void kbox_mem_init_notif(struct kbox_mem *m, int pid, int notify_fd, uint64_t id
 /* Reads a NUL-terminated string of at most cap-1 bytes; returns its length or -errno. */
 long kbox_mem_read_str(const struct kbox_mem *m, uint64_t addr, char *buf, size_t cap);
 
+/* openat2's struct open_how at addr (`size` bytes, as the program passed it), checked as
+ * the kernel checks it; 0 or -errno. */
+struct open_how;
+long kbox_open_how_read(const struct kbox_mem *m, uint64_t addr, uint64_t size, struct open_how *how);
+
 #endif

@@ -46,6 +46,7 @@ static const struct kbox_view_bind *bind_at(const char *g, size_t n, uint64_t h)
  * guest path g[0..glen) ("" for the root), with g's hash. */
 struct walk {
     int root_fd;
+    uint64_t resolve; /* the program's own RESOLVE_* flags (openat2), for every kernel walk */
     int fd;
     bool owned;
     size_t glen;
@@ -83,6 +84,8 @@ static long walk_into(struct walk *w, const char *name, size_t n)
     if (b) {
         if (!b->dir)
             return -ENOTDIR;
+        if (w->resolve & RESOLVE_NO_XDEV)
+            return -EXDEV; /* a bind is a mount point to the program */
         walk_set(w, b->fd, false);
     } else {
         char one[256];
@@ -114,19 +117,26 @@ static long walk_up(struct walk *w)
         n--;
     if (n == 0 && w->glen == 0)
         return 0; /* `..` of the root is the root */
+    if ((w->resolve & RESOLVE_NO_XDEV) && bind_at(w->g, w->glen, w->h))
+        return -EXDEV; /* out of a bind's top: across its mount point */
     char g[KBOX_BINDS_PATH_MAX];
     size_t len = n ? n - 1 : 0;
     memcpy(g, w->g, len);
+    uint64_t resolve = w->resolve;
+    w->resolve &= ~(uint64_t)RESOLVE_NO_XDEV; /* walking back down to where `..` leads */
     walk_root(w);
     for (size_t i = 0; i < len;) {
         size_t j = i + 1;
         while (j < len && g[j] != '/')
             j++;
         long r = walk_into(w, g + i + 1, j - i - 1);
-        if (r != 0)
+        if (r != 0) {
+            w->resolve = resolve;
             return r > 0 ? -ENOENT : r;
+        }
         i = j;
     }
+    w->resolve = resolve;
     return 0;
 }
 
@@ -177,8 +187,11 @@ static long walk_last(struct walk *w, const char *name, size_t n, uint64_t flags
         if (b) {
             if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL))
                 return -EEXIST;
+            if (w->resolve & RESOLVE_NO_XDEV)
+                return -EXDEV;
             if (b->dir)
-                return kbox_openat2(b->fd, ".", flags & ~(uint64_t)(O_CREAT | O_NOFOLLOW), 0, RESOLVE_BENEATH);
+                return kbox_openat2(b->fd, ".", flags & ~(uint64_t)(O_CREAT | O_NOFOLLOW), 0,
+                                    RESOLVE_BENEATH | w->resolve);
             if (slash)
                 return -ENOTDIR;
             char self[32];
@@ -192,8 +205,8 @@ static long walk_last(struct walk *w, const char *name, size_t n, uint64_t flags
         }
     }
     long fd = kbox_openat2(w->fd, name, flags, (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0,
-                         RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
-    if (fd != -ELOOP || ((flags & O_NOFOLLOW) && !slash))
+                         RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | w->resolve);
+    if (fd != -ELOOP || ((flags & O_NOFOLLOW) && !slash) || (w->resolve & RESOLVE_NO_SYMLINKS))
         return fd;
     char one[256];
     if (n >= sizeof(one))
@@ -222,12 +235,13 @@ static long walk_from(struct walk *w, char *path, size_t cap, uint64_t flags, ui
         if (!binds_below(w)) {
             /* Nothing to cross: the kernel walks the rest beneath here, unless it leaves. */
             long r = kbox_openat2(w->fd, path[pos] ? path + pos : ".", flags,
-                                (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0, RESOLVE_BENEATH);
+                                (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0,
+                                RESOLVE_BENEATH | w->resolve);
             if (r != -EXDEV)
                 return r;
         }
         if (!path[pos])
-            return kbox_openat2(w->fd, ".", flags, 0, RESOLVE_BENEATH);
+            return kbox_openat2(w->fd, ".", flags, 0, RESOLVE_BENEATH | w->resolve);
         size_t end = pos;
         while (path[end] && path[end] != '/')
             end++;
@@ -239,7 +253,7 @@ static long walk_from(struct walk *w, char *path, size_t cap, uint64_t flags, ui
         const char *name = path + pos;
         if (n == 1 && name[0] == '.') {
             if (last)
-                return kbox_openat2(w->fd, ".", flags, 0, RESOLVE_BENEATH);
+                return kbox_openat2(w->fd, ".", flags, 0, RESOLVE_BENEATH | w->resolve);
             pos = after;
             continue;
         }
@@ -248,7 +262,7 @@ static long walk_from(struct walk *w, char *path, size_t cap, uint64_t flags, ui
             if (r < 0)
                 return r;
             if (last)
-                return kbox_openat2(w->fd, ".", flags, 0, RESOLVE_BENEATH);
+                return kbox_openat2(w->fd, ".", flags, 0, RESOLVE_BENEATH | w->resolve);
             pos = after;
             continue;
         }
@@ -265,6 +279,8 @@ static long walk_from(struct walk *w, char *path, size_t cap, uint64_t flags, ui
             return r;
         pos = after;
         if (r == 1) {
+            if (w->resolve & RESOLVE_NO_SYMLINKS)
+                return -ELOOP;
             pos = end; /* rest starts at the '/' after the link */
             r = splice_link(w, name, n, path, &pos, cap);
             if (r < 0)
@@ -274,9 +290,9 @@ static long walk_from(struct walk *w, char *path, size_t cap, uint64_t flags, ui
 }
 
 long kbox_binds_walk(int root_fd, int dirfd, const char *dir_guest, const char *path,
-                     uint64_t flags, uint64_t mode)
+                     uint64_t flags, uint64_t mode, uint64_t resolve)
 {
-    struct walk w = { .root_fd = root_fd, .fd = -1 };
+    struct walk w = { .root_fd = root_fd, .resolve = resolve, .fd = -1 };
     char buf[KBOX_BINDS_PATH_MAX];
     size_t n = kbox_strlen(path);
     if (n >= sizeof(buf))
@@ -348,7 +364,7 @@ int kbox_binds_add(int root_fd, const char *host, const char *guest, int fd_at)
     struct statx st;
     long r = KSYS5(__NR_statx, fd, "", AT_EMPTY_PATH, STATX_TYPE, &st);
     /* What the view has at the guest path now (nothing is fine: the bind makes it). */
-    long at = r < 0 ? r : kbox_binds_walk(root_fd, -1, "/", guest, O_PATH | O_CLOEXEC, 0);
+    long at = r < 0 ? r : kbox_binds_walk(root_fd, -1, "/", guest, O_PATH | O_CLOEXEC, 0, 0);
     struct statx ast;
     if (at >= 0) {
         r = KSYS5(__NR_statx, at, "", AT_EMPTY_PATH, STATX_TYPE, &ast);
@@ -365,7 +381,7 @@ int kbox_binds_add(int root_fd, const char *host, const char *guest, int fd_at)
             p--;
         memcpy(parent, guest, p);
         parent[p] = 0;
-        long pfd = kbox_binds_walk(root_fd, -1, "/", parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+        long pfd = kbox_binds_walk(root_fd, -1, "/", parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0);
         if (pfd < 0)
             r = pfd;
         else

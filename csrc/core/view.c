@@ -31,6 +31,12 @@ int kbox_view_init(const char *root, int fd_at)
     return 0;
 }
 
+/* The kernel's VALID_OPEN_FLAGS: what openat2 accepts. */
+#define OPEN_FLAGS_KNOWN                                                                        \
+    (O_ACCMODE | O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_APPEND | O_NONBLOCK | O_DSYNC |    \
+     FASYNC | O_DIRECT | O_LARGEFILE | O_DIRECTORY | O_NOFOLLOW | O_NOATIME | O_CLOEXEC |      \
+     __O_SYNC | O_PATH | __O_TMPFILE)
+
 static bool has_prefix_dir(const char *p, const char *dir)
 {
     size_t n = kbox_strlen(dir);
@@ -148,17 +154,17 @@ long kbox_view_guest_dir(int dirfd, char *out, size_t cap)
 /* openat2 of a guest path confined to the view: absolute paths from the root; relative ones
  * beneath dirfd, and when they climb above it (or meet an absolute symlink), again from the
  * root with dirfd's guest path in front. */
-static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
+static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve)
 {
     if (kbox_view_nbinds) {
         char g[KBOX_VIEW_PATH_MAX] = "/";
         long r = path[0] == '/' ? 0 : kbox_view_guest_dir(dirfd, g, sizeof(g));
         if (r < 0)
             return r == -EXDEV ? -EACCES : r; /* a directory outside the view: no way up */
-        return kbox_binds_walk(kbox_view.root_fd, dirfd, g, path, flags, mode);
+        return kbox_binds_walk(kbox_view.root_fd, dirfd, g, path, flags, mode, resolve);
     }
     if (path[0] == '/')
-        return kbox_openat2(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT);
+        return kbox_openat2(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT | resolve);
     /* The working directory is always inside the view (chdir is translated, fchdir checked);
      * another directory fd may be one the program inherited from outside. */
     if (dirfd != AT_FDCWD) {
@@ -166,8 +172,8 @@ static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode
         if (in <= 0)
             return in < 0 ? in : -EACCES;
     }
-    long r = kbox_openat2(dirfd, path, flags, mode, RESOLVE_BENEATH);
-    if (r != -EXDEV)
+    long r = kbox_openat2(dirfd, path, flags, mode, RESOLVE_BENEATH | resolve);
+    if (r != -EXDEV || (resolve & RESOLVE_NO_XDEV))
         return r;
     char abs[KBOX_VIEW_PATH_MAX];
     long g = kbox_view_guest_dir(dirfd, abs, sizeof(abs));
@@ -179,7 +185,12 @@ static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode
     kbox_buf_puts(&b, path);
     if (b.truncated)
         return -ENAMETOOLONG;
-    return kbox_openat2(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT);
+    return kbox_openat2(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT | resolve);
+}
+
+static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
+{
+    return view_open_how(dirfd, path, flags, mode, 0);
 }
 
 int kbox_view_fd_inside(int fd)
@@ -253,6 +264,34 @@ static long passthrough_check(const char *path, bool follow)
     return r;
 }
 
+long kbox_view_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve)
+{
+    if (!kbox_view_on())
+        return kbox_openat2(dirfd, path, flags, mode, resolve);
+    if (resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT)) {
+        /* The program confines the walk itself, to a directory it holds: one inside the
+         * view (or in the host's /proc, /dev, /sys, as a working directory may be), so the
+         * kernel keeps it there.  (It does not see binds below that directory.) */
+        if (dirfd != AT_FDCWD) {
+            int ok = kbox_view_cwd_allowed(dirfd);
+            if (ok <= 0)
+                return ok < 0 ? ok : -EACCES;
+        }
+        return kbox_openat2(dirfd, path, flags, mode, resolve);
+    }
+    char buf[KBOX_VIEW_PATH_MAX];
+    long err = 0;
+    const char *t = through_proc(path, buf, sizeof(buf), &err);
+    if (!t)
+        return err;
+    if (t == path && host_passthrough(path)) {
+        long c = passthrough_check(path, !(flags & O_NOFOLLOW) &&
+                                             (flags & (O_CREAT | O_EXCL)) != (O_CREAT | O_EXCL));
+        return c < 0 ? c : kbox_openat2(dirfd, path, flags, mode, resolve);
+    }
+    return view_open_how(dirfd, t, flags, mode, resolve);
+}
+
 long kbox_view_openat(int dirfd, const char *path, int flags, int mode)
 {
     if (!kbox_view_on())
@@ -271,8 +310,14 @@ long kbox_view_openat(int dirfd, const char *path, int flags, int mode)
     /* openat2 refuses a mode without O_CREAT/O_TMPFILE, where openat ignores it. */
     if (!(flags & (O_CREAT | __O_TMPFILE)))
         mode = 0;
-    /* openat forces O_LARGEFILE on 64-bit; openat2 with O_PATH refuses it. */
-    uint64_t f = (uint64_t)(unsigned)flags | ((flags & O_PATH) ? 0 : O_LARGEFILE);
+    /* openat ignores flags it does not know, and with O_PATH every flag but O_CLOEXEC,
+     * O_DIRECTORY and O_NOFOLLOW (musl's open passes O_LARGEFILE with O_PATH); openat2
+     * refuses them.  openat forces O_LARGEFILE on 64-bit. */
+    uint64_t f = (uint64_t)(unsigned)flags & OPEN_FLAGS_KNOWN;
+    if (f & O_PATH)
+        f &= O_PATH | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW;
+    else
+        f |= O_LARGEFILE;
     return view_open(dirfd, path, f, (uint64_t)(unsigned)mode & 07777);
 }
 

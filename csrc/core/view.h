@@ -41,6 +41,12 @@ int kbox_view_init(const char *root, int fd_at);
 /* openat(2) of a guest path inside the view (plain openat when there is none). */
 long kbox_view_openat(int dirfd, const char *path, int flags, int mode);
 
+/* openat2(2) of a guest path with the program's own open_how: RESOLVE_BENEATH/IN_ROOT walks
+ * are the kernel's from a directory inside the view; the other RESOLVE_* flags apply to the
+ * view's own confined walk.  Flags and mode reach the kernel's openat2 as given (it checks
+ * them as it would have). */
+long kbox_view_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+
 /* A host path for the guest path `path` (relative to `dirfd`), written to out[cap]:
  * "/proc/self/fd/N" naming the resolved object (follow: the final symlink is followed), or
  * "/proc/self/fd/N/last" naming the final component inside its resolved parent (the call

@@ -40,6 +40,7 @@
 #include <linux/fcntl.h>
 #include <linux/ioctl.h>
 #include <linux/mman.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <linux/signal.h>
 #include <linux/stat.h>
@@ -254,6 +255,7 @@ static enum kbox_sview_action serve_open(const struct kbox_sview *sv, const stru
     const uint64_t *a = req->args;
     int pi = req->nr == __NR_openat || req->nr == __NR_openat2 ? 1 : 0;
     int flags, mode;
+    struct open_how how = { 0 };
 #ifdef __NR_creat
     if (req->nr == __NR_creat) {
         flags = O_CREAT | O_WRONLY | O_TRUNC;
@@ -261,20 +263,33 @@ static enum kbox_sview_action serve_open(const struct kbox_sview *sv, const stru
     } else
 #endif
     if (req->nr == __NR_openat2) {
-        /* With its own RESOLVE_* flags it would need both confinements at once; the
-         * program's libc falls back to openat (as in the in-process tiers). */
-        *ret = -ENOSYS;
-        return KBOX_SV_RESULT;
+        /* Its open_how, copied once; what the kernel would refuse is refused here, since
+         * the calls below pass mode and flags on as openat would. */
+        long h = kbox_open_how_read(req->mem, a[2], a[3], &how);
+        if (h == 0 && ((how.flags >> 32) || (how.mode & ~07777ULL) ||
+                       (how.mode && !(how.flags & (O_CREAT | __O_TMPFILE)))))
+            h = -EINVAL;
+        if (h < 0) {
+            *ret = h;
+            return KBOX_SV_RESULT;
+        }
+        flags = (int)how.flags;
+        mode = (int)how.mode;
     } else {
         flags = (int)a[pi + 1];
         mode = (int)a[pi + 2];
     }
+    /* RESOLVE_BENEATH/IN_ROOT: the program's own confinement, to its directory, walks the
+     * path as given (no /proc translation: it cannot leave that directory). */
+    bool scoped = how.resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT);
     long r = read_str(req, a[pi], c.guest[0], PATH_CAP);
     bool exe;
-    if (r >= 0)
+    if (r >= 0 && scoped)
+        memcpy(c.proc[0], c.guest[0], (size_t)r + 1);
+    else if (r >= 0)
         r = kbox_sview_as_caller(&sv->run, req->pid, req->tid, c.guest[0], c.proc[0], PATH_CAP, c.link, sizeof(c.link), &exe);
     long dirfd = AT_FDCWD;
-    if (r >= 0 && c.proc[0][0] != '/') {
+    if (r >= 0 && (c.proc[0][0] != '/' || scoped)) {
         dirfd = grab_dir(sv, req->tid, pi ? (int)a[0] : AT_FDCWD);
         r = dirfd < 0 ? dirfd : 0;
     }
@@ -296,7 +311,8 @@ static enum kbox_sview_action serve_open(const struct kbox_sview *sv, const stru
     bool probe = !(flags & (O_NONBLOCK | O_PATH | O_DIRECTORY)) && (flags & (O_CREAT | O_EXCL)) != (O_CREAT | O_EXCL);
     long fd = -ENOENT;
     if (probe) {
-        long pfd = kbox_view_openat((int)dirfd, c.proc[0], O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW), 0);
+        long pfd = kbox_view_openat2((int)dirfd, c.proc[0], O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW), 0,
+                                     how.resolve);
         if (pfd < 0 && (pfd != -ENOENT || !(flags & O_CREAT))) {
             *ret = pfd;
             return KBOX_SV_RESULT;
@@ -323,7 +339,9 @@ static enum kbox_sview_action serve_open(const struct kbox_sview *sv, const stru
         }
     }
     if (fd == -ENOENT)
-        fd = kbox_view_openat((int)dirfd, c.proc[0], flags | O_CLOEXEC, mode);
+        fd = req->nr == __NR_openat2
+                 ? kbox_view_openat2((int)dirfd, c.proc[0], (unsigned)flags | O_CLOEXEC, (unsigned)mode, how.resolve)
+                 : kbox_view_openat((int)dirfd, c.proc[0], flags | O_CLOEXEC, mode);
     if (fd < 0) {
         *ret = fd;
         return KBOX_SV_RESULT;

@@ -19,6 +19,7 @@
 #include "lib/str.h"
 #include <linux/errno.h>
 #include <linux/fcntl.h>
+#include <linux/openat2.h>
 
 bool kbox_view_touches(int nr)
 {
@@ -47,10 +48,11 @@ static int64_t view_open(const struct kbox_req *req, const uint64_t *a, const ch
 #endif
     case __NR_openat:
         return kbox_view_openat((int)a[0], path, (int)a[2], (int)a[3]);
-    default:
-        /* openat2 with its own RESOLVE_* flags would need both confinements at once; the
-         * program's libc falls back to openat. */
-        return -ENOSYS;
+    default: { /* openat2(dirfd, path, how, size) */
+        struct open_how how;
+        long r = kbox_open_how_read(&kbox_rt.self_mem, a[2], a[3], &how);
+        return r < 0 ? r : kbox_view_openat2((int)a[0], path, how.flags, how.mode, how.resolve);
+    }
     }
 }
 

@@ -217,6 +217,13 @@ static void openat2_cases(void)
     show("openat2-resolve-no-symlinks", (int)openat2_call(AT_FDCWD, marker, RESOLVE_NO_SYMLINKS));
     show("openat2-resolve-beneath-host-dir", (int)openat2_call(hostfd, mname, RESOLVE_BENEATH));
     show("openat2-resolve-in-root-host-dir", (int)openat2_call(hostfd, mname, RESOLVE_IN_ROOT));
+    /* The program's own confinement to the view's root (a directory inside the view): the
+     * kernel's, and `..` chains and absolute paths stay under it. */
+    int rootfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    show("openat2-resolve-in-root-view-root", (int)openat2_call(rootfd, at("/" UP "%s", mrel), RESOLVE_IN_ROOT));
+    show("openat2-resolve-beneath-view-root", (int)openat2_call(rootfd, at(UP "%s", mrel), RESOLVE_BENEATH));
+    show("openat2-resolve-beneath-absolute", (int)openat2_call(AT_FDCWD, marker, RESOLVE_BENEATH));
+    close(rootfd);
 }
 
 /* ---- hard links ------------------------------------------------------------------------- */
