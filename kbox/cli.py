@@ -16,6 +16,7 @@ examples:
   kbox run --syscall-mode=seccomp --deny openat:EACCES -- cat /etc/hostname
   kbox run --virtual-pid -- sh -c 'echo $$'   the program sees itself as pid 1
   kbox run --root R -- /bin/sh -c 'cat /etc/os-release'   R's files, not the host's
+  kbox run --root R --root-id -- tar xpf /base.tar   as root, ownership kept in R.kbox-ids
   kbox rootfs build --arch aarch64 --out R   a minimal Debian tree from Debian packages
   kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
   kbox bench --modes native,seccomp,trap  cost per syscall in each tier
@@ -65,6 +66,13 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                         "every tier (docs/tiers.md says where each one stops)")
     p.add_argument("--workdir", metavar="DIR", default=None,
                    help="with --root: the working directory inside the root (default /)")
+    p.add_argument("--root-id", nargs="?", const=True, default=None, metavar="FILE",
+                   help="with --root: the program runs as root, as under fakeroot: it sees "
+                        "uid/gid 0, its set*id calls succeed, and chown, chmod and mknod of "
+                        "devices succeed and are recorded per inode in FILE (default: "
+                        "DIR.kbox-ids beside the root; fakeroot's save-file format), which a "
+                        "later run with the same FILE sees again. Files of yours without a "
+                        "record show as root's. No privileges, every tier")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROG [ARGS...]")
     p.set_defaults(func=cmd_run)
 
@@ -85,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         info = elfinfo.inspect(host, display=command[0])
     elif args.workdir is not None:
         raise UserError("kbox run: --workdir applies with --root only", 2)
+    if args.root_id is not None and view is None:
+        raise UserError("kbox run: --root-id applies with --root only", 2)
     else:
         path = elfinfo.resolve_program(command[0])
         info = elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
@@ -100,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
         trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
         stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
-        argv0=command[0], extra=view.launcher_options() if view else (),
+        argv0=command[0],
+        extra=view.launcher_options(root_id=args.root_id) if view else (),
     )
     sys.stdout.flush()
     sys.stderr.flush()
