@@ -469,7 +469,7 @@ static void cred_of(struct kbox_ids_table *t, int tid, struct kbox_ids_cred *c, 
     int pid, ppid;
     if (proc_status(tid, &pid, &ppid) < 0)
         pid = tid, ppid = 0;
-    *tgid = pid;
+    *tgid = c->pid = pid;
     if (!__atomic_load_n(&t->nprocs, __ATOMIC_ACQUIRE))
         return;
     for (int depth = 0; depth < 64 && pid > 1; depth++) {
