@@ -10,6 +10,7 @@
 #include "lib/buf.h"
 #include "lib/hash.h"
 #include "lib/lock.h"
+#include "lib/proc.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include <asm/stat.h>
@@ -418,37 +419,18 @@ int64_t kbox_ids_syscall(struct kbox_ids_table *t, const struct kbox_mem *mem, i
 
 /* ---- the processes' ids ------------------------------------------------------------------- */
 
-/* Tgid and parent of task `tid`, from /proc/<tid>/status; 0 or -errno. */
+/* Tgid and parent of task `tid`; 0 or -errno. */
 static int proc_status(int tid, int *tgid, int *ppid)
 {
-    char path[40], buf[1024];
-    struct kbox_buf b;
-    kbox_buf_init(&b, path, sizeof(path));
-    kbox_buf_puts(&b, "/proc/");
-    kbox_buf_dec(&b, tid);
-    kbox_buf_puts(&b, "/status");
-    long fd = kbox_openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0)
-        return (int)fd;
-    long n = kbox_read((int)fd, buf, sizeof(buf) - 1);
-    kbox_close((int)fd);
-    if (n <= 0)
-        return n < 0 ? (int)n : -EIO;
-    buf[n] = 0;
-    *tgid = *ppid = 0;
-    for (long i = 0; i < n; i++) {
-        if (i && buf[i - 1] != '\n')
-            continue;
-        int *out = kbox_startswith(buf + i, "Tgid:") ? tgid : kbox_startswith(buf + i, "PPid:") ? ppid : NULL;
-        if (!out)
-            continue;
-        long v = 0;
-        for (long j = i + 5; j < n && buf[j] != '\n'; j++)
-            if (buf[j] >= '0' && buf[j] <= '9')
-                v = v * 10 + (buf[j] - '0');
-        *out = (int)v;
-    }
-    return *tgid ? 0 : -EIO;
+    long g, p;
+    long r = kbox_proc_status_field(tid, "Tgid:", 10, &g);
+    if (r == 0)
+        r = kbox_proc_status_field(tid, "PPid:", 10, &p);
+    if (r < 0)
+        return (int)r;
+    *tgid = (int)g;
+    *ppid = (int)p;
+    return g > 0 ? 0 : -EIO;
 }
 
 static struct kbox_ids_cred *cred_slot(struct kbox_ids_table *t, int pid)
