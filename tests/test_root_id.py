@@ -328,3 +328,50 @@ def test_the_default_record_is_beside_the_root(WORK, tmp_path):
     beside = tmp_path / "r.kbox-ids"
     assert RECORD_LINE.fullmatch(beside.read_text())
     assert not (tmp_path / "r.kbox-ids.tmp").exists()
+
+
+CONCURRENT = r'''
+import os, sys, threading
+def work(base):
+    for i in range(40):
+        p = f"f{base}_{i}"
+        open(p, "w").close()
+        os.chown(p, base, base + 1)
+kids = []
+for k in range(3):
+    pid = os.fork()
+    if pid == 0:
+        ts = [threading.Thread(target=work, args=(100 * (k + 1) + t,)) for t in range(3)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    assert os.waitpid(pid, 0)[1] == 0
+bad = [n for n in os.listdir(".") if os.stat(n).st_uid != int(n[1:].split("_")[0])]
+print(len(os.listdir(".")), bad)
+'''
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_forks_and_threads_share_one_live_record(WORK, CASE, tier):
+    """Three processes of three threads each chown their own files at once; the parent then
+    sees every one of them, and so does the record written at the end."""
+    guest, record = CASE
+    (WORK / "root" / guest.lstrip("/") / "c.py").write_text(CONCURRENT)
+    out = ok(kbox_sh(WORK, f"mkdir {guest}/files && cd {guest}/files && python3 ../c.py", tier, record))
+    assert out == "360 []\n"
+    assert len(record.read_text().splitlines()) == 360
+
+
+def test_a_full_record_is_a_clear_error(WORK, CASE):
+    guest, record = CASE
+    script = ("import os\nok = 0\nfor i in range(49160):\n    open(f'{i}', 'w').close()\n"
+              "    try:\n        os.chown(f'{i}', 1, 1)\n        ok += 1\n    except OSError as e:\n"
+              "        err = e.errno\nprint(ok, err)\n")
+    (WORK / "root" / guest.lstrip("/") / "fill.py").write_text(script)
+    p = kbox_sh(WORK, f"mkdir {guest}/many && cd {guest}/many && python3 ../fill.py", "trap", record)
+    assert (p.returncode, p.stdout) == (0, "49152 28\n")  # ENOSPC past the limit
+    assert p.stderr.count("\n") == 1 and "ownership record is full" in p.stderr
+    assert len(record.read_text().splitlines()) == 49152
+    assert ok(kbox_sh(WORK, f"stat -c %u {guest}/many/49151", "trap", record)) == "1\n"
