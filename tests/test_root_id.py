@@ -375,3 +375,29 @@ def test_a_full_record_is_a_clear_error(WORK, CASE):
     assert p.stderr.count("\n") == 1 and "ownership record is full" in p.stderr
     assert len(record.read_text().splitlines()) == 49152
     assert ok(kbox_sh(WORK, f"stat -c %u {guest}/many/49151", "trap", record)) == "1\n"
+
+
+def test_the_record_is_fakeroots_save_file_both_ways(WORK, CASE):
+    """A tree fakeroot extracted (saved with -s) is seen by kbox through that file, and a tree
+    kbox extracted is seen by fakeroot -i through kbox's record."""
+    if not shutil.which("fakeroot") or not shutil.which("tar"):
+        pytest.skip("fakeroot(1) and tar(1) are not installed on the host")
+    guest, record = CASE
+    host = WORK / "root" / guest.lstrip("/")
+    (host / "a.tar").write_bytes(make_archive())
+    uid, gid = run_ids()
+    def fakeroot(opt: str, save: Path, script: str) -> str:
+        p = subprocess.run(["fakeroot", opt, str(save), "--", "sh", "-c", script], capture_output=True,
+                           text=True, timeout=120, env=ENV, check=False, user=uid, group=gid, extra_groups=[])
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    (host / "by-fakeroot").mkdir()
+    as_run_user(host / "by-fakeroot")
+    fr_save = record.with_suffix(".fakeroot")
+    fakeroot("-s", fr_save, f"cd {host}/by-fakeroot && tar xf ../a.tar")
+    seen = ok(kbox_sh(WORK, f"cd {guest}/by-fakeroot && ls -ln d", "trap", fr_save))
+    assert ls_fields(seen) == EXPECTED_LS
+    (host / "by-kbox").mkdir()
+    as_run_user(host / "by-kbox")
+    ok(kbox_sh(WORK, f"cd {guest}/by-kbox && tar xf ../a.tar", "trap", record))
+    assert ls_fields(fakeroot("-i", record, f"cd {host}/by-kbox && ls -ln d")) == EXPECTED_LS
