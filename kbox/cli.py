@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         info = elfinfo.inspect(host, display=command[0])
     elif args.workdir is not None:
         raise UserError("kbox run: --workdir applies with --root only", 2)
-    if args.root_id is not None and view is None:
+    elif args.root_id is not None:
         raise UserError("kbox run: --root-id applies with --root only", 2)
     else:
         path = elfinfo.resolve_program(command[0])

@@ -321,8 +321,13 @@ def test_root_id_needs_root_and_a_writable_place(WORK, tmp_path):
 def test_the_default_record_is_beside_the_root(WORK, tmp_path):
     root = tmp_path / "r"
     root_debian.copy_tree(WORK / "root", root)
+    # A program by name, found in the root's PATH only (the host has none of that name).
+    (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+    (root / "usr/local/bin/only-in-root").write_text("#!/bin/sh\nexec \"$@\"\n")
+    (root / "usr/local/bin/only-in-root").chmod(0o755)
     p = subprocess.run([sys.executable, "-m", "kbox", "run", "--syscall-mode=trap", "--root", str(root),
-                        "--root-id", "--", "/bin/sh", "-c", "touch /f && chown 5:6 /f && stat -c %u:%g /f"],
+                        "--root-id", "--", "only-in-root", "sh", "-c",
+                        "touch /f && chown 5:6 /f && stat -c %u:%g /f"],
                        capture_output=True, text=True, timeout=60, env=ENV, cwd=REPO, check=False)
     assert (p.returncode, p.stdout, p.stderr) == (0, "5:6\n", "")
     beside = tmp_path / "r.kbox-ids"
