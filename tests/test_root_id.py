@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import platform
 import re
 import shutil
 import stat
@@ -48,14 +47,6 @@ def run_ids() -> tuple[int, int]:
 def as_run_user(path: Path) -> None:
     if os.geteuid() == 0:
         os.chown(path, RUN_UID, RUN_GID)
-
-
-@pytest.fixture(scope="session")
-def DEBIAN_TREE() -> root_debian.DebianRoot:
-    arch = platform.machine()
-    if arch not in ("x86_64", "aarch64"):
-        pytest.skip(f"no Debian tree for a {arch} host")
-    return root_debian.ensure_root(arch, progress=False)
 
 
 @pytest.fixture(scope="session")
