@@ -85,7 +85,10 @@ class RootView:
     def record_path(self, root_id: str | bool) -> str:
         """The --root-id record: FILE as given, or DIR.kbox-ids beside the root; checked to be
         writable where it will be written (FILE.tmp beside it, then renamed over it)."""
-        path = os.path.abspath(root_id) if isinstance(root_id, str) else self.root.rstrip("/") + ".kbox-ids"
+        if not isinstance(root_id, str) and self.root == "/":
+            raise UserError("kbox run: --root-id: the root / has nothing beside it; give --root-id=FILE",
+                            EXIT_USAGE)
+        path = os.path.abspath(root_id) if isinstance(root_id, str) else self.root + ".kbox-ids"
         where = os.path.dirname(path) or "/"
         given = "--root-id" if isinstance(root_id, str) else "--root-id (beside the root; give --root-id=FILE)"
         if os.path.isdir(path):

@@ -303,6 +303,8 @@ def test_root_id_needs_root_and_a_writable_place(WORK, tmp_path):
     assert p.returncode == 2 and "--root-id applies with --root only" in p.stderr
     p = cli("--root", str(WORK / "root"), "--root-id=/nonexistent/dir/ids", "--", "/bin/true")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "/nonexistent/dir does not exist" in p.stderr
+    p = cli("--root", "/", "--root-id", "--", "/bin/true")
+    assert p.returncode == 2 and "give --root-id=FILE" in p.stderr
     launcher = runner.launch_argv("/bin/true", [], mode="trap", extra=["--root-id=/tmp/x"])
     p = subprocess.run(launcher, capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 2 and "--root-id needs --root" in p.stderr
