@@ -17,6 +17,7 @@ examples:
   kbox run --virtual-pid -- sh -c 'echo $$'   the program sees itself as pid 1
   kbox run --root R -- /bin/sh -c 'cat /etc/os-release'   R's files, not the host's
   kbox run --root R --bind ~/src:/src --workdir /src -- make   a host directory inside R
+  kbox run --root R --root-id -- tar xpf /base.tar   as root, ownership kept in R.kbox-ids
   kbox rootfs build --arch aarch64 --out R   a minimal Debian tree from Debian packages
   kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
   kbox bench --modes native,seccomp,trap  cost per syscall in each tier
@@ -74,6 +75,13 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="with --root: bind the host's usual files: /etc/resolv.conf, hosts, "
                         "host.conf, nsswitch.conf, passwd, group, localtime, /tmp and /run "
                         "(those the host has)")
+    p.add_argument("--root-id", nargs="?", const=True, default=None, metavar="FILE",
+                   help="with --root: the program runs as root, as under fakeroot: it sees "
+                        "uid/gid 0, its set*id calls succeed, and chown, chmod and mknod of "
+                        "devices succeed and are recorded per inode in FILE (default: "
+                        "DIR.kbox-ids beside the root; fakeroot's save-file format), which a "
+                        "later run with the same FILE sees again. Files of yours without a "
+                        "record show as root's. No privileges, every tier")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROG [ARGS...]")
     p.set_defaults(func=cmd_run)
 
@@ -92,8 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         view = RootView(args.root, args.workdir or "/", binds=args.bind, host_binds=args.host_binds)
         path, host = view.find_program(command[0])
         info = elfinfo.inspect(host, display=command[0])
-    elif args.workdir is not None or args.bind or args.host_binds:
-        opt = "--workdir" if args.workdir is not None else "--bind" if args.bind else "--host-binds"
+    elif args.workdir is not None or args.bind or args.host_binds or args.root_id is not None:
+        opt = ("--workdir" if args.workdir is not None else "--bind" if args.bind else
+               "--host-binds" if args.host_binds else "--root-id")
         raise UserError(f"kbox run: {opt} applies with --root only", 2)
     else:
         path = elfinfo.resolve_program(command[0])
@@ -110,7 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
         trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
         stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
-        argv0=command[0], extra=view.launcher_options() if view else (),
+        argv0=command[0],
+        extra=view.launcher_options(root_id=args.root_id) if view else (),
     )
     sys.stdout.flush()
     sys.stderr.flush()

@@ -159,8 +159,29 @@ class RootView:
                 return guest, host
         raise UserError(f"kbox: {name}: command not found (in the root {self.root})", EXIT_NOT_FOUND)
 
-    def launcher_options(self) -> list[str]:
+    def record_path(self, root_id: str | bool) -> str:
+        """The --root-id record: FILE as given, or DIR.kbox-ids beside the root; checked to be
+        writable where it will be written (FILE.tmp beside it, then renamed over it)."""
+        if not isinstance(root_id, str) and self.root == "/":
+            raise UserError("kbox run: --root-id: the root / has nothing beside it; give --root-id=FILE",
+                            EXIT_USAGE)
+        path = os.path.abspath(root_id) if isinstance(root_id, str) else self.root + ".kbox-ids"
+        where = os.path.dirname(path) or "/"
+        given = "--root-id" if isinstance(root_id, str) else "--root-id (beside the root; give --root-id=FILE)"
+        if os.path.isdir(path):
+            raise UserError(f"kbox run: {given}: {path} is a directory", EXIT_USAGE)
+        if not os.path.isdir(where):
+            raise UserError(f"kbox run: {given}: {where} does not exist", EXIT_USAGE)
+        if not os.access(where, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.R_OK)):
+            raise UserError(f"kbox run: {given}: cannot write the record {path} ({where} is not writable)",
+                            EXIT_USAGE)
+        return path
+
+    def launcher_options(self, root_id: str | bool | None = None) -> list[str]:
         opts = [f"--root={self.root}"]
         for guest, host in self.binds:
             opts += [f"--bind={host}", f"--bind-at={guest}"]
-        return [*opts, f"--workdir={self.workdir}"]
+        opts.append(f"--workdir={self.workdir}")
+        if root_id is not None:
+            opts.append(f"--root-id={self.record_path(root_id)}")
+        return opts

@@ -135,3 +135,16 @@ def guest_env(tmp_path: Path) -> dict[str, str]:
     env["TMPDIR"] = str(tmp_path)
     env["LC_ALL"] = "C"
     return env
+
+
+@pytest.fixture(scope="session")
+def DEBIAN_TREE():
+    """The cached Debian tree of this host's architecture (kbox/root_debian.py; built on the
+    first use on a machine); tests copy it (root_debian.copy_tree) before writing in it."""
+    import platform
+
+    from kbox import root_debian
+    arch = platform.machine()
+    if arch not in ("x86_64", "aarch64"):
+        pytest.skip(f"no Debian tree for a {arch} host")
+    return root_debian.ensure_root(arch, progress=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -27,15 +26,6 @@ from debian_programs import ENV, KNOWN_BUGS, PROGRAMS, masked
 
 REPO = Path(__file__).resolve().parent.parent
 TIERS = ["trap", "rewrite", "auto", "seccomp"]
-@pytest.fixture(scope="session")
-def DEBIAN_TREE() -> root_debian.DebianRoot:
-    """The cached tree of this host's architecture (built on the first use on a machine)."""
-    arch = platform.machine()
-    if arch not in ("x86_64", "aarch64"):
-        pytest.skip(f"no Debian tree for a {arch} host")
-    return root_debian.ensure_root(arch, progress=False)
-
-
 @pytest.fixture(scope="session")
 def ROOT(DEBIAN_TREE, tmp_path_factory) -> Path:
     """A writable copy of the tree for this test process (cp -a: ~1 s)."""

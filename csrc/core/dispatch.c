@@ -8,6 +8,7 @@
  */
 #include "arch.h"
 #include "arch/sysent.h"
+#include "core/ids.h"
 #include "core/policy.h"
 #include "lib/buf.h"
 #include "lib/str.h"
@@ -191,6 +192,8 @@ bool kbox_dispatch_passthrough(const struct kbox_policy *p, int nr)
 {
     if (nr < 0 || nr >= KBOX_NR_MAX || p->trace || p->stats || p->virtual_pid || p->deny_errno[nr])
         return false;
+    if (p->root_id && kbox_ids_touches(nr))
+        return false;
     struct kbox_req probe = { .nr = nr, .tier = KBOX_TIER_REWRITE };
     probe.args[2] = PROT_WRITE | PROT_EXEC; /* the one argument-dependent rule: W^X */
     return !(p->enforce_wx && wants_wx(&probe));
@@ -219,6 +222,8 @@ void kbox_dispatch_enter(const struct kbox_policy *p, const struct kbox_req *req
     }
     if (p->virtual_pid && p->shared)
         vpid_enter(p, req, ans);
+    if (p->root_id && p->shared && ans->verdict == KBOX_RUN)
+        kbox_ids_enter(&p->shared->ids, req, ans);
 }
 
 void kbox_dispatch_trace(const struct kbox_policy *p, const struct kbox_req *req, int64_t ret,

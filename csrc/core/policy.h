@@ -16,6 +16,7 @@ struct kbox_policy {
     bool virtual_pid;                   /* --virtual-pid */
     bool stats;                         /* --stats */
     bool enforce_wx;                    /* in-process tiers unless --allow-wx */
+    bool root_id;                       /* --root-id: fake root ids and ownership (core/ids.h) */
     struct kbox_shared *shared;         /* counters, virtual pid table */
 };
 

@@ -1,11 +1,12 @@
-/* State shared by every process of one kbox run: --stats counters and the --virtual-pid
- * table.  It lives in a memfd mapped MAP_SHARED: fork children inherit the mapping, and
+/* State shared by every process of one kbox run: --stats counters, the --virtual-pid
+ * table and the --root-id record (its pages are touched only when it is used).  It lives in a memfd mapped MAP_SHARED: fork children inherit the mapping, and
  * the in-process tiers' execve re-launch passes the fd on (--shared-fd), so counts and pid
  * numbers survive exec and are summed once by the top-level launcher at the end. */
 #ifndef KBOX_CORE_SHARED_H
 #define KBOX_CORE_SHARED_H
 
 #include <stdint.h>
+#include "core/ids.h"
 #include "core/request.h"
 #include "trace/trace.h"
 
@@ -28,6 +29,7 @@ struct kbox_shared {
     uint64_t counts[KBOX_NR_MAX][KBOX_PATH_COUNT];
     int32_t virt_to_real[KBOX_VPID_MAX];
     struct kbox_vpid_slot real_to_virt[KBOX_VPID_HASH];
+    struct kbox_ids_table ids;           /* --root-id: the ownership record, processes' ids */
 };
 
 /* Creates the memfd and maps it; returns the fd (>= 0) or -errno. */

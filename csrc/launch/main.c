@@ -10,6 +10,7 @@
  *   --deny=NAME[:ERRNO]  --virtual-pid  --stats  --allow-wx  --no-promote
  *   --root=DIR --workdir=DIR   (the root view: DIR canonical)
  *   --bind=HOST --bind-at=GUEST   (repeatable, after --root: HOST shown at GUEST; canonical)
+ *   --root-id=FILE   (with --root: fake root ids and ownership, recorded in FILE; core/ids.h)
  *   --shared-fd=N --relaunch --exec-path=PATH --cwd-fd=N   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
@@ -17,6 +18,7 @@
 #include "tiers/launch.h"
 #include "tiers/seccomp-guest.h"
 #include "arch/interface.h"
+#include "core/ids.h"
 #include "core/policy.h"
 #include "core/shared.h"
 #include "core/view.h"
@@ -37,6 +39,7 @@ static struct kbox_launch launch;
 static char *saved_opts[64];
 static const char *stats_tier = "trap";
 static char trace_fd_opt[32], shared_fd_opt[32], cwd_fd_opt[32], self_path[4096];
+static const char *root_id_file; /* --root-id=FILE: written back at the end of the run */
 
 static __attribute__((noreturn)) void usage(const char *a, const char *b)
 {
@@ -249,6 +252,11 @@ static int launcher_main(uint64_t *sp)
             if (!bind_host[nbinds])
                 usage("--bind-at without --bind before it", NULL);
             bind_guest[nbinds++] = v;
+        } else if (opt_value(a, "--root-id", &v)) {
+            if (v[0] != '/')
+                usage("--root-id: FILE must be an absolute path, got ", v);
+            policy.root_id = true;
+            root_id_file = v;
         } else if (opt_value(a, "--workdir", &v)) {
             workdir = v;
             keep = false; /* the working directory carries over an execve by itself */
@@ -313,6 +321,8 @@ static int launcher_main(uint64_t *sp)
             return KBOX_EXIT_USAGE;
     }
 
+    if (policy.root_id && !root)
+        usage("--root-id needs --root", NULL);
     if (mode == MODE_SECCOMP && policy.virtual_pid)
         usage("--virtual-pid needs an in-process tier (--syscall-mode=trap): the seccomp tier "
               "cannot rewrite the results of fork, clone or wait4", NULL);
@@ -334,6 +344,18 @@ static int launcher_main(uint64_t *sp)
             fd = want;
         }
         launch.shared_fd = fd;
+        if (policy.root_id) {
+            char why[256], msg[768];
+            if (kbox_ids_load(&policy.shared->ids, root_id_file, why, sizeof(why)) < 0) {
+                struct kbox_buf b;
+                kbox_buf_init(&b, msg, sizeof(msg));
+                kbox_buf_puts(&b, root_id_file);
+                kbox_buf_puts(&b, ": ");
+                kbox_buf_puts(&b, why);
+                kbox_err("--root-id ", msg, NULL);
+                return KBOX_EXIT_USAGE;
+            }
+        }
     }
 
     /* The trace goes to kbox's own stderr (or FILE), never to whatever the guest later makes
@@ -392,10 +414,25 @@ static int launcher_main(uint64_t *sp)
     finish(mode == MODE_SECCOMP ? kbox_seccomp_run(&launch) : kbox_trap_run(&launch));
 }
 
+/* The end of the run, in the top-level launcher once every process of it is gone. */
 static void finish(int status)
 {
     if (policy.stats && policy.shared)
         print_stats(stats_tier);
+    if (policy.root_id && policy.shared && !launch.relaunch) {
+        int r = kbox_ids_save(&policy.shared->ids, root_id_file);
+        if (r < 0) {
+            char msg[768];
+            struct kbox_buf b;
+            kbox_buf_init(&b, msg, sizeof(msg));
+            kbox_buf_puts(&b, root_id_file);
+            kbox_buf_puts(&b, ": cannot write the record: ");
+            kbox_buf_puts(&b, kbox_strerror(-r));
+            kbox_err("--root-id ", msg, NULL);
+            if (status == 0)
+                status = KBOX_EXIT_INTERNAL;
+        }
+    }
     kbox_exit_group(status);
 }
 

@@ -2,6 +2,7 @@
 #include "tiers/seccomp-proc.h"
 #include "tiers/runtime.h"
 #include "core/view.h"
+#include "lib/proc.h"
 #include "lib/self.h"
 #include "lib/str.h"
 #include "lib/sys.h"
@@ -18,46 +19,16 @@ void kbox_sview_fd_path(struct kbox_buf *b, int pid, long fd)
     kbox_buf_dec(b, fd);
 }
 
-static long read_status_field(int tid, const char *field, int base, long *out)
-{
-    char p[48], buf[2048];
-    struct kbox_buf b;
-    kbox_buf_init(&b, p, sizeof(p));
-    kbox_buf_puts(&b, "/proc/");
-    kbox_buf_dec(&b, tid);
-    kbox_buf_puts(&b, "/status");
-    long fd = kbox_openat(AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0)
-        return fd;
-    long n = kbox_read((int)fd, buf, sizeof(buf) - 1);
-    kbox_close((int)fd);
-    if (n <= 0)
-        return -EIO;
-    buf[n] = 0;
-    size_t fl = kbox_strlen(field);
-    for (long i = 0; i + (long)fl < n; i++) {
-        if ((i == 0 || buf[i - 1] == '\n') && kbox_strncmp(buf + i, field, fl) == 0) {
-            long v = 0;
-            for (long j = i + (long)fl; j < n && buf[j] != '\n'; j++)
-                if (buf[j] >= '0' && buf[j] < '0' + base)
-                    v = v * base + (buf[j] - '0');
-            *out = v;
-            return 0;
-        }
-    }
-    return -ENOENT;
-}
-
 int kbox_sview_tgid(int tid)
 {
     long v;
-    return read_status_field(tid, "Tgid:", 10, &v) == 0 && v > 0 ? (int)v : tid;
+    return kbox_proc_status_field(tid, "Tgid:", 10, &v) == 0 && v > 0 ? (int)v : tid;
 }
 
 void kbox_sview_umask(int tid)
 {
     long m;
-    if (read_status_field(tid, "Umask:", 8, &m) == 0)
+    if (kbox_proc_status_field(tid, "Umask:", 8, &m) == 0)
         KSYS1(__NR_umask, m & 0777);
 }
 

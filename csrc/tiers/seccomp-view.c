@@ -540,7 +540,9 @@ static int64_t serve_path_call(const struct kbox_sview *sv, const struct kbox_re
 #endif
     )
         kbox_sview_umask(req->tid);
-    int64_t r = kbox_syscall6(nr, (long)la[0], (long)la[1], (long)la[2], (long)la[3], (long)la[4], (long)la[5]);
+    int64_t r = sv->ids && kbox_ids_file_call(nr)
+                    ? kbox_ids_syscall(sv->ids, &self_mem, nr, la)
+                    : kbox_syscall6(nr, (long)la[0], (long)la[1], (long)la[2], (long)la[3], (long)la[4], (long)la[5]);
     if (r < 0 || !out_addr)
         return r;
     long len = -out_len;
@@ -563,9 +565,10 @@ static int64_t serve_path_call(const struct kbox_sview *sv, const struct kbox_re
     return r;
 }
 
-static bool is_path_call(int nr, const struct kbox_sysent *e)
+static bool is_path_call(const struct kbox_sview *sv, int nr, const struct kbox_sysent *e)
 {
-    if ((e->props & KBOX_SC_OPEN) || e->arg[0] == KA_PATH_OUT || nr == __NR_fchdir)
+    /* --root-id: fstat, fchown and fchmod are served too (their results are the record's). */
+    if ((e->props & KBOX_SC_OPEN) || e->arg[0] == KA_PATH_OUT || nr == __NR_fchdir || (sv->ids && kbox_ids_file_call(nr)))
         return true;
     for (int i = 0; i < e->nargs; i++)
         if (e->arg[i] == KA_PATH)
@@ -580,7 +583,7 @@ enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox
     if (kbox_sview_refuse(sv, req, ret))
         return KBOX_SV_RESULT;
     const struct kbox_sysent *e = kbox_sysent(req->nr);
-    if (!e || !e->name || !is_path_call(req->nr, e) || (e->props & KBOX_SC_EXEC))
+    if (!e || !e->name || !is_path_call(sv, req->nr, e) || (e->props & KBOX_SC_EXEC))
         return KBOX_SV_CONTINUE;
     /* utimensat(fd, NULL, ...) acts on the descriptor: no path to race. */
     if (req->nr == __NR_utimensat && !req->args[1])

@@ -2,6 +2,7 @@
 #ifndef KBOX_TIERS_SECCOMP_VIEW_H
 #define KBOX_TIERS_SECCOMP_VIEW_H
 
+#include "core/ids.h"
 #include "core/request.h"
 #include "tiers/seccomp-proc.h"
 #include <stdbool.h>
@@ -11,6 +12,7 @@ struct kbox_sview {
     int listener;           /* the seccomp listener (ADDFD) */
     uint64_t image_lo, image_hi; /* kbox's image, at the same address in every guest */
     struct kbox_sview_run run;
+    struct kbox_ids_table *ids; /* --root-id: the record its file calls go through, or NULL */
 };
 
 /* Prepares the supervisor's side (its private /proc entry, kbox's path and image). */

@@ -15,6 +15,7 @@
 #include "tiers/runtime.h"
 #include "tiers/seccomp-guest.h"
 #include "tiers/seccomp-view.h"
+#include "tiers/seccomp-proc.h"
 #include "core/bpf.h"
 #include "core/view.h"
 #include "core/mem.h"
@@ -48,35 +49,6 @@
 #endif
 
 
-static int tgid_of(int tid)
-{
-    /* /proc/<tid>/status holds "Tgid:\t<n>"; only needed for trace output. */
-    char path[64], buf[512];
-    struct kbox_buf b;
-    kbox_buf_init(&b, path, sizeof(path));
-    kbox_buf_puts(&b, "/proc/");
-    kbox_buf_dec(&b, tid);
-    kbox_buf_puts(&b, "/status");
-    long fd = kbox_openat(AT_FDCWD, path, 0, 0);
-    if (fd < 0)
-        return tid;
-    long n = kbox_read((int)fd, buf, sizeof(buf) - 1);
-    kbox_close((int)fd);
-    if (n <= 0)
-        return tid;
-    buf[n] = 0;
-    for (long i = 0; i + 5 < n; i++) {
-        if (kbox_strncmp(buf + i, "Tgid:", 5) == 0) {
-            long v = 0;
-            for (long j = i + 5; j < n && buf[j] != '\n'; j++)
-                if (buf[j] >= '0' && buf[j] <= '9')
-                    v = v * 10 + (buf[j] - '0');
-            return v ? (int)v : tid;
-        }
-    }
-    return tid;
-}
-
 /* A tiny tid -> tgid cache for trace lines; collisions just recompute. */
 struct tgid_cache { int tid[256], tgid[256]; };
 
@@ -85,7 +57,7 @@ static int cached_tgid(struct tgid_cache *c, int tid)
     unsigned i = (unsigned)tid & 255;
     if (c->tid[i] != tid) {
         c->tid[i] = tid;
-        c->tgid[i] = tgid_of(tid);
+        c->tgid[i] = kbox_sview_tgid(tid); /* only needed for trace output */
     }
     return c->tgid[i];
 }
@@ -413,6 +385,7 @@ int kbox_seccomp_run(struct kbox_launch *L)
             return KBOX_EXIT_INTERNAL;
         }
         quiet_set((int)child, true);
+        sv.ids = p->root_id ? &p->shared->ids : NULL;
     }
 
     kbox_set_handler(SIGCHLD, on_sigchld, SA_NOCLDSTOP);

@@ -21,6 +21,7 @@
 #include "tiers/signals.h"
 #include "tiers/rewrite.h"
 #include "core/bpf.h"
+#include "core/ids.h"
 #include "core/mem.h"
 #include "core/view-binds.h"
 #include "loader/loader.h"
@@ -70,7 +71,10 @@ static void run_or_adjust(const struct kbox_req *req, struct kbox_answer *ans, k
         kbox_view_leave(req, ans, &vc, ret);
         return;
     }
-    if (!(kbox_sc_props(req->nr) & KBOX_SC_RUNTIME) || !kbox_runtime_fixup(req, ans, uc, ret))
+    const struct kbox_policy *p = kbox_rt.policy;
+    if (p->root_id && kbox_ids_file_call(req->nr))
+        *ret = kbox_ids_syscall(&p->shared->ids, &kbox_rt.self_mem, req->nr, ans->args);
+    else if (!(kbox_sc_props(req->nr) & KBOX_SC_RUNTIME) || !kbox_runtime_fixup(req, ans, uc, ret))
         *ret = kbox_rt_run(req->nr, ans->args);
     kbox_view_leave(req, ans, &vc, ret);
 }
