@@ -296,29 +296,18 @@ long kbox_view_openat(int dirfd, const char *path, int flags, int mode)
 {
     if (!kbox_view_on())
         return kbox_openat(dirfd, path, flags, mode);
-    char buf[KBOX_VIEW_PATH_MAX];
-    long err = 0;
-    const char *t = through_proc(path, buf, sizeof(buf), &err);
-    if (!t)
-        return err;
-    if (t == path && host_passthrough(path)) {
-        long c = passthrough_check(path, !(flags & O_NOFOLLOW) &&
-                                             (flags & (O_CREAT | O_EXCL)) != (O_CREAT | O_EXCL));
-        return c < 0 ? c : kbox_openat(dirfd, path, flags, mode);
-    }
-    path = t;
-    /* openat2 refuses a mode without O_CREAT/O_TMPFILE, where openat ignores it. */
-    if (!(flags & (O_CREAT | __O_TMPFILE)))
-        mode = 0;
-    /* openat ignores flags it does not know, and with O_PATH every flag but O_CLOEXEC,
+    /* openat's arguments as openat2 takes them: openat ignores a mode without O_CREAT or
+     * O_TMPFILE, flags it does not know, and with O_PATH every flag but O_CLOEXEC,
      * O_DIRECTORY and O_NOFOLLOW (musl's open passes O_LARGEFILE with O_PATH); openat2
      * refuses them.  openat forces O_LARGEFILE on 64-bit. */
+    if (!(flags & (O_CREAT | __O_TMPFILE)))
+        mode = 0;
     uint64_t f = (uint64_t)(unsigned)flags & OPEN_FLAGS_KNOWN;
     if (f & O_PATH)
         f &= O_PATH | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW;
     else
         f |= O_LARGEFILE;
-    return view_open(dirfd, path, f, (uint64_t)(unsigned)mode & 07777);
+    return kbox_view_openat2(dirfd, path, f, (uint64_t)(unsigned)mode & 07777, 0);
 }
 
 static void fd_path(struct kbox_buf *b, long fd)
