@@ -62,6 +62,9 @@ EXPECTED: dict[str, str] = {
     "unix-bind-absolute": "bound, the socket file is in the root: yes",
     "unix-connect-own-socket": "connected",
     "unix-connect-host-socket": "ENOENT",
+    "unix-sendto-host-socket": "ENOENT",
+    "unix-sendmsg-host-socket": "ENOENT",
+    "unix-sendmmsg-host-socket": "ENOENT",
 }
 
 
@@ -83,9 +86,10 @@ SECCOMP_EXPECTED = {"proc-double-slash-self-root": INSIDE}
 NOW_EXPECTED = {**EXPECTED, **{c: "ENOSYS" for c in EXPECTED if c.startswith("openat2-")}}
 
 # The AF_UNIX cases: a bind of an absolute path makes its socket file inside the root, a
-# connect to the host socket's path finds nothing there (every tier translates socket paths:
+# connect or a datagram sent to the host socket's path finds nothing there (every tier translates socket paths:
 # docs/tiers.md).  The host tests also check nothing was bound beside the root.
-AF_UNIX_CASES = ("unix-bind-absolute", "unix-connect-own-socket", "unix-connect-host-socket")
+AF_UNIX_CASES = ("unix-bind-absolute", "unix-connect-own-socket", "unix-connect-host-socket",
+                 "unix-sendto-host-socket", "unix-sendmsg-host-socket", "unix-sendmmsg-host-socket")
 
 # Routes a tier is known to leave open, as {(tier, case): reason}: none today.
 KNOWN_ESCAPES: dict[tuple[str, str], str] = {}

@@ -118,8 +118,9 @@ static long copy_address(const struct kbox_sview_run *run, const struct kbox_req
 }
 
 /* A child of the supervisor makes the call and answers the notification (the supervisor
- * goes on); -EINPROGRESS, or the clone's error. */
-static long in_child(int listener, uint64_t id, int nr, long a0, long a1, long a2)
+ * goes on) with its result, or `ok` for a success when ok >= 0; -EINPROGRESS, or the
+ * clone's error. */
+static long in_child(int listener, uint64_t id, int nr, long a0, long a1, long a2, long ok)
 {
     long pid = KSYS5(__NR_clone, SIGCHLD, 0, 0, 0, 0);
     if (pid != 0) {
@@ -127,6 +128,8 @@ static long in_child(int listener, uint64_t id, int nr, long a0, long a1, long a
         return pid < 0 ? pid : -EINPROGRESS;
     }
     long r = KSYS3(nr, a0, a1, a2);
+    if (r >= 0 && ok >= 0)
+        r = ok;
     struct seccomp_notif_resp resp = { .id = id };
     if (r < 0)
         resp.error = (int32_t)r;
@@ -202,50 +205,118 @@ static long copy_message(const struct kbox_req *req, int tgid, bool dgram, bool 
     return 0;
 }
 
-static int64_t serve_send(const struct kbox_sview_run *run, int listener, const struct kbox_req *req, uint64_t id,
-                          int sock, bool has_name, struct kbox_req *shown)
+/* k.msg, the program's msghdr (or sendto's arguments as one, its iovec in k.iovs[0]), made
+ * sendable by the supervisor: the name translated, data and control copied.  0 or -errno. */
+static long prepare(const struct kbox_sview_run *run, const struct kbox_req *req, int tgid, bool dgram,
+                    bool read_iovs)
 {
-    const uint64_t *a = req->args;
-    int tgid = kbox_sview_tgid(req->tid);
-    int flags = (int)(req->nr == __NR_sendto ? a[3] : a[2]);
-    bool dgram = sockopt(sock, SO_TYPE_) == SOCK_DGRAM_;
-    uint64_t name = req->nr == __NR_sendto ? a[4] : k.msg.name;
-    int64_t namelen = req->nr == __NR_sendto ? (int32_t)a[5] : k.msg.namelen;
+    uint64_t name = k.msg.name;
+    int32_t namelen = k.msg.namelen;
     const void *to = NULL;
     uint32_t tolen = 0;
-    if (has_name) {
+    if (name && namelen) {
         long r = copy_address(run, req, name, namelen, KBOX_UNIX_CONNECT, &to, &tolen);
         if (r < 0)
             return r;
     }
-    long r;
-    if (req->nr == __NR_sendto) {
-        /* The program's buffer as the one iovec of a message. */
-        k.msg = (struct kbox_msghdr){ .iovlen = 1 };
-        k.iovs[0] = (struct iov){ a[1], a[2] };
-        r = copy_message(req, tgid, dgram, false);
-        if (r < 0)
-            return r;
-        shown->args[1] = (uint64_t)(uintptr_t)data;
-    } else {
-        r = copy_message(req, tgid, dgram, true);
-        if (r < 0)
-            return r;
-    }
+    long r = copy_message(req, tgid, dgram, read_iovs);
+    if (r < 0)
+        return r;
     k.msg.name = (uint64_t)(uintptr_t)to;
     k.msg.namelen = (int32_t)tolen;
     k.shown = k.msg;
-    k.shown.name = has_name ? (uint64_t)(uintptr_t)k.guest : 0;
-    k.shown.namelen = (int32_t)namelen;
-    if (req->nr == __NR_sendto)
-        shown->args[4] = (uint64_t)(uintptr_t)k.guest;
-    else
-        shown->args[1] = (uint64_t)(uintptr_t)&k.shown;
-    r = KSYS3(__NR_sendmsg, sock, &k.msg, flags | MSG_DONTWAIT_);
+    k.shown.name = to ? (uint64_t)(uintptr_t)k.guest : 0;
+    k.shown.namelen = namelen;
+    return 0;
+}
+
+static bool would_wait(int sock, int flags)
+{
     long fl = KSYS2(__NR_fcntl, sock, F_GETFL);
-    if (r == -EAGAIN && !(flags & MSG_DONTWAIT_) && fl >= 0 && !(fl & O_NONBLOCK))
-        r = in_child(listener, id, __NR_sendmsg, sock, (long)(uintptr_t)&k.msg, flags);
+    return !(flags & MSG_DONTWAIT_) && fl >= 0 && !(fl & O_NONBLOCK);
+}
+
+/* Sends the prepared k.msg: here if it can be queued at once, else (the caller would wait
+ * for room) by a child, which answers `ok` for a success when ok >= 0. */
+static long send_prepared(int listener, uint64_t id, int sock, int flags, long ok)
+{
+    long r = KSYS3(__NR_sendmsg, sock, &k.msg, flags | MSG_DONTWAIT_);
+    if (r == -EAGAIN && would_wait(sock, flags))
+        r = in_child(listener, id, __NR_sendmsg, sock, (long)(uintptr_t)&k.msg, flags, ok);
     return r;
+}
+
+/* sendto with an address, sendmsg (k.msg read already). */
+static int64_t serve_send(const struct kbox_sview_run *run, int listener, const struct kbox_req *req, uint64_t id,
+                          int sock, struct kbox_req *shown)
+{
+    const uint64_t *a = req->args;
+    bool dgram = sockopt(sock, SO_TYPE_) == SOCK_DGRAM_;
+    bool to = req->nr == __NR_sendto;
+    if (to) {
+        k.msg = (struct kbox_msghdr){ .name = a[4], .namelen = (int32_t)a[5], .iovlen = 1 };
+        k.iovs[0] = (struct iov){ a[1], a[2] };
+    }
+    long r = prepare(run, req, kbox_sview_tgid(req->tid), dgram, !to);
+    if (r < 0)
+        return r;
+    if (to) {
+        shown->args[1] = (uint64_t)(uintptr_t)data;
+        shown->args[4] = (uint64_t)(uintptr_t)k.guest;
+    } else {
+        shown->args[1] = (uint64_t)(uintptr_t)&k.shown;
+    }
+    return send_prepared(listener, id, sock, (int)(to ? a[3] : a[2]), -1);
+}
+
+static void release_from(int n)
+{
+    while (k.nfds > n)
+        kbox_close(k.fds[--k.nfds]);
+}
+
+/* sendmmsg on an AF_UNIX datagram socket: each message as sendmsg, msg_len reported; a
+ * first message that must wait is sent by a child (its msg_len written before: a datagram
+ * is queued whole or not at all), later ones that would wait are left to the caller (a
+ * short count, as for a signal). */
+static int64_t serve_sendmmsg(const struct kbox_sview_run *run, int listener, const struct kbox_req *req,
+                              uint64_t id, int sock)
+{
+    const uint64_t *a = req->args;
+    uint64_t vlen = a[2] > IOV_MAX_ ? IOV_MAX_ : a[2];
+    int flags = (int)a[3], tgid = kbox_sview_tgid(req->tid), base = k.nfds;
+    long r = 0;
+    uint32_t sent = 0;
+    for (uint64_t i = 0; i < vlen; i++) {
+        uint64_t at = a[1] + i * 64; /* struct mmsghdr { struct msghdr; unsigned msg_len; } */
+        if (!read_exact(req, at, &k.msg, sizeof(k.msg))) {
+            r = -EFAULT;
+            break;
+        }
+        r = prepare(run, req, tgid, true, true);
+        uint32_t len = (uint32_t)k.one.len;
+        if (r >= 0) {
+            r = KSYS3(__NR_sendmsg, sock, &k.msg, flags | MSG_DONTWAIT_);
+            if (r == -EAGAIN && !sent && would_wait(sock, flags)) {
+                if (req->mem->write(req->mem, at + 56, &len, 4) != 4)
+                    r = -EFAULT;
+                else
+                    r = in_child(listener, id, __NR_sendmsg, sock, (long)(uintptr_t)&k.msg, flags, 1);
+                release_from(base);
+                return r;
+            }
+        }
+        release_from(base);
+        if (r < 0)
+            break;
+        len = (uint32_t)r;
+        if (req->mem->write(req->mem, at + 56, &len, 4) != 4) {
+            r = -EFAULT;
+            break;
+        }
+        sent++;
+    }
+    return sent ? sent : r;
 }
 
 /* getsockname, getpeername: the name the kernel reports, as the guest's. */
@@ -285,7 +356,8 @@ static bool serve(const struct kbox_sview_run *run, int listener, const struct k
         if (!read_exact(req, a[1], &k.msg, sizeof(k.msg)))
             return false; /* the kernel's EFAULT */
         has_name = k.msg.name && k.msg.namelen;
-    } else if (nr != __NR_bind && nr != __NR_connect && nr != __NR_getsockname && nr != __NR_getpeername) {
+    } else if (nr != __NR_bind && nr != __NR_connect && nr != __NR_getsockname && nr != __NR_getpeername &&
+               nr != __NR_sendmmsg) {
         return false;
     }
     long sock = kbox_sview_file_of(kbox_sview_tgid(req->tid), (int)a[0]);
@@ -294,11 +366,17 @@ static bool serve(const struct kbox_sview_run *run, int listener, const struct k
         return true;
     }
     keep(sock);
-    if (nr == __NR_sendmsg && !has_name &&
-        !(sockopt((int)sock, SO_DOMAIN_) == AF_UNIX_ && sockopt((int)sock, SO_TYPE_) == SOCK_DGRAM_))
-        return false;
+    bool unix_dgram = sockopt((int)sock, SO_DOMAIN_) == AF_UNIX_ && sockopt((int)sock, SO_TYPE_) == SOCK_DGRAM_;
+    if ((nr == __NR_sendmsg && !has_name) || nr == __NR_sendmmsg) {
+        if (!unix_dgram)
+            return false;
+        if (nr == __NR_sendmmsg) {
+            *ret = serve_sendmmsg(run, listener, req, id, (int)sock);
+            return true;
+        }
+    }
     if (nr == __NR_sendto || nr == __NR_sendmsg) {
-        *ret = serve_send(run, listener, req, id, (int)sock, has_name, shown);
+        *ret = serve_send(run, listener, req, id, (int)sock, shown);
         return true;
     }
     if (nr == __NR_getsockname || nr == __NR_getpeername) {
@@ -323,7 +401,7 @@ static bool serve(const struct kbox_sview_run *run, int listener, const struct k
      * network): a child makes it. */
     long fl = KSYS2(__NR_fcntl, sock, F_GETFL);
     if (sockopt((int)sock, SO_TYPE_) != SOCK_DGRAM_ && fl >= 0 && !(fl & O_NONBLOCK))
-        *ret = in_child(listener, id, __NR_connect, sock, (long)(uintptr_t)to, tolen);
+        *ret = in_child(listener, id, __NR_connect, sock, (long)(uintptr_t)to, tolen, -1);
     else
         *ret = KSYS3(__NR_connect, sock, to, tolen);
     return true;

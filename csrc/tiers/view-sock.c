@@ -5,7 +5,8 @@
  * written into kbox's room first, then turned into the guest's and copied out with the
  * length the kernel would report (the program's room may be too small for the host's name
  * but not for the guest's).  The program's msghdr is copied, never written, except for
- * the fields recvmsg reports (msg_namelen, msg_controllen, msg_flags).
+ * the fields recvmsg reports (msg_namelen, msg_controllen, msg_flags).  sendmmsg is served
+ * here, one sendmsg a message.  recvmmsg's names are the kernel's.
  */
 #include "tiers/view-sock.h"
 #include "arch.h"
@@ -33,11 +34,48 @@ static int given(const struct kbox_req *req, uint64_t addr, uint64_t len, enum k
     return r < 0 ? r : 1;
 }
 
+/* sendmmsg, served as one sendmsg per message (each name translated on its way), with the
+ * kernel's answer: the count sent, or the first message's error. */
+static int64_t sendmmsg_each(const struct kbox_req *req, const uint64_t *a, struct kbox_view_sock *s)
+{
+    uint64_t vlen = a[2] > 1024 ? 1024 : a[2]; /* UIO_MAXIOV, as the kernel caps it */
+    uint32_t sent = 0;
+    int64_t r = 0;
+    for (uint64_t i = 0; i < vlen; i++) {
+        uint64_t at = a[1] + i * 64; /* struct mmsghdr { struct msghdr; unsigned msg_len; } */
+        if (!read_exact(req, at, &s->msg, sizeof(s->msg))) {
+            r = -EFAULT;
+            break;
+        }
+        r = s->msg.name && s->msg.namelen > 0 ? given(req, s->msg.name, (uint64_t)s->msg.namelen, KBOX_UNIX_CONNECT, s) : 0;
+        if (r > 0) {
+            s->msg.name = (uint64_t)(uintptr_t)&s->to.sun;
+            s->msg.namelen = (int32_t)s->to.len;
+        }
+        if (r >= 0)
+            r = KSYS3(__NR_sendmsg, a[0], &s->msg, a[3]);
+        if (s->to.tmpfd >= 0)
+            kbox_close(s->to.tmpfd);
+        s->to.tmpfd = -1;
+        uint32_t len = (uint32_t)r;
+        if (r >= 0 && req->mem->write(req->mem, at + 56, &len, 4) != 4)
+            r = -EFAULT;
+        if (r < 0)
+            break;
+        sent++;
+    }
+    return sent ? sent : r;
+}
+
 bool kbox_view_sock_enter(const struct kbox_req *req, uint64_t *a, struct kbox_view_sock *s, int64_t *ret)
 {
     struct kbox_unix_args u;
     s->to.tmpfd = -1;
     s->out = false;
+    if (req->nr == __NR_sendmmsg) {
+        *ret = sendmmsg_each(req, a, s);
+        return true;
+    }
     if (!kbox_unix_args(req->nr, &u))
         return false;
     if (u.msg >= 0) {
