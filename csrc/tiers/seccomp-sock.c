@@ -366,9 +366,8 @@ static bool serve(const struct kbox_sview_run *run, int listener, const struct k
         return true;
     }
     keep(sock);
-    bool unix_dgram = sockopt((int)sock, SO_DOMAIN_) == AF_UNIX_ && sockopt((int)sock, SO_TYPE_) == SOCK_DGRAM_;
     if ((nr == __NR_sendmsg && !has_name) || nr == __NR_sendmmsg) {
-        if (!unix_dgram)
+        if (sockopt((int)sock, SO_DOMAIN_) != AF_UNIX_ || sockopt((int)sock, SO_TYPE_) != SOCK_DGRAM_)
             return false;
         if (nr == __NR_sendmmsg) {
             *ret = serve_sendmmsg(run, listener, req, id, (int)sock);
