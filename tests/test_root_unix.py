@@ -209,3 +209,65 @@ def test_python_unix_sockets_stay_inside_the_root(ROOT: Path, LISTENERS: tuple[H
     assert out["outside"] == "ENOENT"
     assert outside.accepted == before
     assert inside.accepted >= 1
+
+
+# Calls that wait for a peer: a connect to a full backlog and datagrams to a full queue.
+# Under seccomp the supervisor makes those calls for the program, so they must not stop it
+# (the program's accept and recv below are notified too); and a helper still waiting when
+# the program exits must not keep the run alive.
+WAITING = r"""
+import os, socket, sys, threading, time
+d = sys.argv[1]
+os.makedirs(d)
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(d + "/full.sock")
+srv.listen(0)
+done = []
+def connect(i):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(d + "/full.sock")
+    c.sendall(b"%d" % i)
+    done.append(i)
+    c.close()
+threads = [threading.Thread(target=connect, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+time.sleep(0.5)
+got = []
+for _ in threads:
+    conn, _ = srv.accept()
+    got.append(int(conn.recv(10)))
+    conn.close()
+for t in threads:
+    t.join()
+print("stream", sorted(got), sorted(done))
+
+rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+rx.bind(d + "/q.sock")
+def send_all():
+    tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for i in range(100):                   # far beyond the queue's length (max_dgram_qlen)
+        tx.sendto(b"%d" % i, d + "/q.sock")
+t = threading.Thread(target=send_all)
+t.start()
+time.sleep(0.5)
+print("dgram", [int(rx.recv(10)) for _ in range(100)] == list(range(100)))
+t.join()
+
+# Left waiting: a connect to a backlog nobody accepts from, then the program exits.
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect(d + "/full.sock")               # the backlog's one place
+threading.Thread(target=lambda: socket.socket(socket.AF_UNIX).connect(d + "/full.sock"), daemon=True).start()
+time.sleep(0.5)
+print("exiting", flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_calls_that_wait_for_a_peer_do_not_stop_the_run(ROOT: Path, tier: str) -> None:
+    d = f"/tmp/kbox-wait-{tier}-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, "-m", "kbox", "run", f"--syscall-mode={tier}", "--root", str(ROOT), "--",
+            "/usr/bin/python3", "-c", WAITING, d]
+    got = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=ENV, cwd=REPO, check=False)
+    assert (got.returncode, got.stdout) == (0, "stream [0, 1, 2, 3] [0, 1, 2, 3]\ndgram True\nexiting\n"), got.stderr

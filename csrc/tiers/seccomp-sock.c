@@ -23,6 +23,7 @@
 #include "tiers/seccomp-proc.h"
 #include "core/view-unix.h"
 #include "core/view.h"
+#include "lib/ksignal.h"
 #include "lib/str.h"
 #include "lib/sys.h"
 #include <linux/errno.h>
@@ -117,9 +118,17 @@ static long copy_address(const struct kbox_sview_run *run, const struct kbox_req
     return 0;
 }
 
+static void on_alarm(int sig)
+{
+    (void)sig; /* only interrupts the helper's wait */
+}
+
 /* A child of the supervisor makes the call and answers the notification (the supervisor
  * goes on) with its result, or `ok` for a success when ok >= 0; -EINPROGRESS, or the
- * clone's error. */
+ * clone's error.  The caller may go away while the child waits (a signal, its exit), so a
+ * timer interrupts the wait every 200 ms to look (the notification is then no longer
+ * valid) and the interrupted call is made again: a unix connect or a datagram that was
+ * interrupted did nothing; a TCP connect goes on (EALREADY, then EISCONN when done). */
 static long in_child(int listener, uint64_t id, int nr, long a0, long a1, long a2, long ok)
 {
     long pid = KSYS5(__NR_clone, SIGCHLD, 0, 0, 0, 0);
@@ -127,7 +136,27 @@ static long in_child(int listener, uint64_t id, int nr, long a0, long a1, long a
         k.child = pid > 0;
         return pid < 0 ? pid : -EINPROGRESS;
     }
-    long r = KSYS3(nr, a0, a1, a2);
+    kbox_set_handler(SIGALRM, on_alarm, 0); /* no SA_RESTART: the wait ends with EINTR */
+    uint64_t alrm = KBOX_SIGBIT(SIGALRM);
+    KSYS4(__NR_rt_sigprocmask, SIG_UNBLOCK, &alrm, NULL, 8);
+    long tick[4] = { 0, 200000, 0, 200000 }; /* struct itimerval: interval, value */
+    KSYS3(__NR_setitimer, 0 /* ITIMER_REAL */, tick, NULL);
+    long r;
+    bool interrupted = false;
+    for (;;) {
+        r = KSYS3(nr, a0, a1, a2);
+        if (r != -EINTR && r != -EALREADY)
+            break;
+        interrupted = true;
+        if (KSYS3(__NR_ioctl, listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0)
+            kbox_exit_group(0);
+        if (r == -EALREADY) {
+            struct { int fd; short events, revents; } p = { (int)a0, 4 /* POLLOUT */, 0 };
+            KSYS5(__NR_ppoll, &p, 1, NULL, NULL, 8);
+        }
+    }
+    if (nr == __NR_connect && r == -EISCONN && interrupted)
+        r = 0; /* the interrupted connect completed */
     if (r >= 0 && ok >= 0)
         r = ok;
     struct seccomp_notif_resp resp = { .id = id };
