@@ -349,7 +349,7 @@ static int64_t serve_sendmmsg(const struct kbox_sview_run *run, int listener, co
 }
 
 /* getsockname, getpeername: the name the kernel reports, as the guest's. */
-static int64_t serve_name(const struct kbox_req *req, int sock, struct kbox_req *shown)
+static int64_t serve_name(const struct kbox_req *req, int sock)
 {
     const uint64_t *a = req->args;
     int32_t cap;
@@ -367,7 +367,6 @@ static int64_t serve_name(const struct kbox_req *req, int sock, struct kbox_req 
         return -EFAULT;
     if (req->mem->write(req->mem, a[2], &len, 4) != 4)
         return -EFAULT;
-    shown->args[1] = (uint64_t)(uintptr_t)k.name;
     return r;
 }
 
@@ -408,7 +407,7 @@ static bool serve(const struct kbox_sview_run *run, int listener, const struct k
         return true;
     }
     if (nr == __NR_getsockname || nr == __NR_getpeername) {
-        *ret = serve_name(req, (int)sock, shown);
+        *ret = serve_name(req, (int)sock);
         return true;
     }
     const void *to;
