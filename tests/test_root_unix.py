@@ -37,7 +37,7 @@ TIERS = ["seccomp", "trap", "rewrite"]
 # Run by the root's python3: argv[1] the directory for its sockets, argv[2] the host socket
 # placed inside the root (a guest path), argv[3] a host socket outside the root (its host path).
 GUEST = r"""
-import errno, json, os, socket, stat, sys
+import array, errno, json, os, socket, stat, sys
 d, in_root, outside = sys.argv[1:4]
 os.makedirs(d)
 out = {}
@@ -91,6 +91,14 @@ out["reply"] = c.recv(100).decode()
 c.sendto(b"ping2", d + "/dg.sock")
 _, _, _, src = s.recvmsg(100)
 out["recvmsg_src"] = src
+with open(d + "/passed.txt", "w") as f:
+    f.write("passed by descriptor")
+with open(d + "/passed.txt") as f:
+    c.sendmsg([b"fd"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [f.fileno()]))], 0,
+              d + "/dg.sock")
+_, fds, _, _ = socket.recv_fds(s, 10, 1)
+with open(fds[0]) as f:
+    out["scm_rights"] = f.read()
 
 os.chdir(d)
 r = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -202,6 +210,7 @@ def test_python_unix_sockets_stay_inside_the_root(ROOT: Path, LISTENERS: tuple[H
     else:
         assert reported == [f"{d}/cli.sock", f"{d}/dgc.sock", f"{d}/dgc.sock"]
     assert out["reply"] == "pong"
+    assert out["scm_rights"] == "passed by descriptor"
 
     # A host socket inside the root is reached by its guest path; one outside is not
     # reached by its host path.

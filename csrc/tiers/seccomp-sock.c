@@ -58,16 +58,24 @@ static struct {
     struct kbox_msghdr msg, shown;
     struct iov iovs[IOV_MAX_], one;
     _Alignas(8) unsigned char control[CONTROL_CAP];
-    int fds[FDS_MAX + 2];
+    int fds[FDS_MAX + 8];      /* the passed descriptors and the call's own few */
     int nfds;
     bool child;            /* a child answers the notification */
 } k;
 static unsigned char *data; /* DATA_CAP bytes, mapped at the first send */
 
-static void keep(long fd)
+/* Keeps a descriptor of the supervisor's, to close after the call; false (and closed) when
+ * there is no room: more descriptors than one message may carry (SCM_MAX_FD). */
+static bool keep(long fd)
 {
-    if (fd >= 0 && k.nfds < (int)(sizeof(k.fds) / sizeof(k.fds[0])))
-        k.fds[k.nfds++] = (int)fd;
+    if (fd < 0)
+        return true;
+    if (k.nfds == (int)(sizeof(k.fds) / sizeof(k.fds[0]))) {
+        kbox_close((int)fd);
+        return false;
+    }
+    k.fds[k.nfds++] = (int)fd;
+    return true;
 }
 
 static long sockopt(int fd, int opt)
@@ -224,7 +232,8 @@ static long copy_message(const struct kbox_req *req, int tgid, bool dgram, bool 
                 long mine = kbox_sview_file_of(tgid, fd);
                 if (mine < 0)
                     return mine == -ESRCH ? -EBADF : mine;
-                keep(mine);
+                if (!keep(mine))
+                    return -ETOOMANYREFS;
                 fd = (int)mine;
                 memcpy(k.control + p, &fd, 4);
             }
