@@ -295,8 +295,10 @@ OPEN     open openat creat openat2
 NOFOLLOW lstat lchown unlink unlinkat rmdir mkdir mkdirat mknod mknodat rename renameat
          renameat2 link linkat symlink symlinkat readlink readlinkat lgetxattr lsetxattr
          llistxattr lremovexattr
+SOCKADDR bind connect sendto sendmsg sendmmsg accept accept4 getsockname getpeername recvfrom
+         recvmsg
 """
-KNOWN_PROPERTIES = ("FRAME", "RUNTIME", "NEWTASK", "EXEC", "NORETURN", "OPEN", "NOFOLLOW")
+KNOWN_PROPERTIES = ("FRAME", "RUNTIME", "NEWTASK", "EXEC", "NORETURN", "OPEN", "NOFOLLOW", "SOCKADDR")
 
 # SYSCALL_DEFINEn arities of every syscall without a hand-written signature.
 NARGS_BY_COUNT = {

@@ -55,6 +55,8 @@ struct kbox_sysent {
 #define KBOX_SC_NORETURN 0x10  /* does not return to the caller (exit, exit_group) */
 #define KBOX_SC_OPEN 0x20      /* opens a path (open, openat, creat, openat2) */
 #define KBOX_SC_NOFOLLOW 0x40  /* its paths name a final symlink itself, never its target */
+#define KBOX_SC_SOCKADDR 0x80  /* takes or returns a socket address (the root view translates
+                                  AF_UNIX paths: core/view-unix.h) */
 
 /* NULL for out-of-range numbers. */
 const struct kbox_sysent *kbox_sysent(int nr);

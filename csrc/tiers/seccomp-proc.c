@@ -19,6 +19,30 @@ void kbox_sview_fd_path(struct kbox_buf *b, int pid, long fd)
     kbox_buf_dec(b, fd);
 }
 
+long kbox_sview_dir_of(const struct kbox_sview_run *run, int tid, int fd)
+{
+    if (fd == AT_FDCWD)
+        fd = run->cwd_fd;
+    else if (fd < 0 || fd == run->cwd_fd)
+        return -EBADF;
+    char p[64];
+    struct kbox_buf b;
+    kbox_buf_init(&b, p, sizeof(p));
+    kbox_sview_fd_path(&b, tid, fd);
+    long r = kbox_openat(AT_FDCWD, p, O_PATH | O_CLOEXEC, 0);
+    return r == -ENOENT ? -EBADF : r;
+}
+
+long kbox_sview_file_of(int tgid, int fd)
+{
+    long pidfd = KSYS2(__NR_pidfd_open, tgid, 0);
+    if (pidfd < 0)
+        return pidfd;
+    long r = KSYS3(__NR_pidfd_getfd, pidfd, fd, 0);
+    kbox_close((int)pidfd);
+    return r;
+}
+
 int kbox_sview_tgid(int tid)
 {
     long v;

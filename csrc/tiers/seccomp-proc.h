@@ -30,6 +30,14 @@ bool kbox_sview_is_under(const char *p, const char *name);
 /* "/proc/<pid>/fd/<fd>" into b. */
 void kbox_sview_fd_path(struct kbox_buf *b, int pid, long fd);
 
+/* The caller's directory descriptor `fd` (AT_FDCWD: its working directory, the run's
+ * cwd_fd) reopened by the supervisor (O_PATH, close-on-exec); -EBADF if it names none. */
+long kbox_sview_dir_of(const struct kbox_sview_run *run, int tid, int fd);
+
+/* The caller's open file `fd` itself, the same open file description (pidfd_getfd; thread
+ * group `tgid`); -errno. */
+long kbox_sview_file_of(int tgid, int fd);
+
 /* The thread group of thread `tid` (itself if unknown). */
 int kbox_sview_tgid(int tid);
 

@@ -28,6 +28,7 @@
 #include "tiers/seccomp-view.h"
 #include "tiers/seccomp-guest.h"
 #include "tiers/seccomp-proc.h"
+#include "tiers/seccomp-sock.h"
 #include "tiers/pathargs.h"
 #include "tiers/runtime.h"
 #include "core/mem.h"
@@ -107,17 +108,7 @@ static void keep_fd(long fd)
  * working directory); an O_PATH reopen, enough for resolving and for the *at calls. */
 static long grab_dir(const struct kbox_sview *sv, int tid, int fd)
 {
-    if (fd == AT_FDCWD)
-        fd = sv->run.cwd_fd;
-    else if (fd < 0 || fd == sv->run.cwd_fd)
-        return -EBADF;
-    char p[64];
-    struct kbox_buf b;
-    kbox_buf_init(&b, p, sizeof(p));
-    kbox_sview_fd_path(&b, tid, fd);
-    long r = kbox_openat(AT_FDCWD, p, O_PATH | O_CLOEXEC, 0);
-    if (r == -ENOENT)
-        return -EBADF;
+    long r = kbox_sview_dir_of(&sv->run, tid, fd);
     keep_fd(r);
     return r;
 }
@@ -126,11 +117,7 @@ static long grab_dir(const struct kbox_sview *sv, int tid, int fd)
  * act on it (inotify_add_watch's instance): pidfd_getfd. */
 static long grab_file(int tgid, int fd)
 {
-    long pidfd = KSYS2(__NR_pidfd_open, tgid, 0);
-    if (pidfd < 0)
-        return pidfd;
-    long r = KSYS3(__NR_pidfd_getfd, pidfd, fd, 0);
-    kbox_close((int)pidfd);
+    long r = kbox_sview_file_of(tgid, fd);
     keep_fd(r);
     return r;
 }
@@ -583,6 +570,16 @@ enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox
     if (kbox_sview_refuse(sv, req, ret))
         return KBOX_SV_RESULT;
     const struct kbox_sysent *e = kbox_sysent(req->nr);
+    if (e && (e->props & KBOX_SC_SOCKADDR)) {
+        /* Socket addresses (AF_UNIX paths inside the view): seccomp-sock.c. */
+        bool answered;
+        shown->mem = &self_mem;
+        if (!kbox_sview_sock_serve(&sv->run, sv->listener, req, id, ret, &answered, shown)) {
+            *shown = *req;
+            return KBOX_SV_CONTINUE;
+        }
+        return answered ? KBOX_SV_ANSWERED : KBOX_SV_RESULT;
+    }
     if (!e || !e->name || !is_path_call(sv, req->nr, e) || (e->props & KBOX_SC_EXEC))
         return KBOX_SV_CONTINUE;
     /* utimensat(fd, NULL, ...) acts on the descriptor: no path to race. */

@@ -15,8 +15,10 @@
  * signal wrapper (both SA_ONSTACK) always run there, never on a stack of the program's
  * (goroutine stacks are a few KiB).  Layout: a guard page, the stack, and this record in
  * the top page, so code running on the stack finds its thread's record from the stack
- * pointer alone (no TLS, no syscall). */
-#define KBOX_KSTACK_SIZE (64 * 1024)
+ * pointer alone (no TLS, no syscall).  256 KiB: the root view's path work nests several
+ * PATH_MAX buffers (an AF_UNIX bind through a bind of the view: ~60 KiB deep, past what
+ * 64 KiB held); only the pages touched cost memory. */
+#define KBOX_KSTACK_SIZE (256 * 1024)
 #define KBOX_KSTACK_GUARD 4096
 #define KBOX_KSTACK_RECORD 4096
 

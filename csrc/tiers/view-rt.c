@@ -8,6 +8,8 @@
  * contents of a new symlink (KA_LINKTARGET) are stored as given: they are resolved inside
  * the view when something follows them.
  *
+ * AF_UNIX socket addresses (the calls with KBOX_SC_SOCKADDR) are translated by view-sock.c.
+ *
  * The in-process tiers translate a cooperative program's paths exactly; a program that races
  * its own path buffers or makes calls from code kbox has not seen is not contained (see
  * docs/tiers.md).
@@ -26,7 +28,7 @@ bool kbox_view_touches(int nr)
     const struct kbox_sysent *e = kbox_sysent(nr);
     if (!e || (e->props & KBOX_SC_EXEC))
         return false; /* execve resolves its program through the view itself (exec.c) */
-    if ((e->props & KBOX_SC_OPEN) || e->arg[0] == KA_PATH_OUT || nr == __NR_fchdir)
+    if ((e->props & (KBOX_SC_OPEN | KBOX_SC_SOCKADDR)) || e->arg[0] == KA_PATH_OUT || nr == __NR_fchdir)
         return true;
     for (int i = 0; i < e->nargs; i++)
         if (e->arg[i] == KA_PATH)
@@ -63,6 +65,10 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
     uint64_t *a = ans->args;
     vc->tmpfd[0] = vc->tmpfd[1] = -1;
     vc->active = true;
+    vc->sock.to.tmpfd = -1;
+    vc->sock.out = false;
+    if (e && (e->props & KBOX_SC_SOCKADDR))
+        return kbox_view_sock_enter(req, a, &vc->sock, ret);
     if (req->nr == __NR_fchdir) {
         /* The working directory stays inside the view: relative paths resolve beneath it. */
         int in = kbox_view_cwd_allowed((int)a[0]);
@@ -152,6 +158,7 @@ void kbox_view_leave(const struct kbox_req *req, const struct kbox_answer *ans,
     for (int k = 0; k < 2; k++)
         if (vc->tmpfd[k] >= 0)
             kbox_close(vc->tmpfd[k]);
+    kbox_view_sock_leave(req, &vc->sock, ret);
     if (*ret < 0)
         return;
     if (req->nr == __NR_getcwd) {

@@ -4,12 +4,14 @@
 
 #include "core/request.h"
 #include "core/view.h"
+#include "tiers/view-sock.h"
 #include <stdbool.h>
 
 /* One call's translated paths, alive until the call has run (on the kbox stack). */
 struct kbox_view_call {
     char path[2][KBOX_VIEW_PATH_MAX];
     int tmpfd[2];
+    struct kbox_view_sock sock;  /* socket calls: an AF_UNIX address (view-sock.c) */
     bool active;
 };
 

@@ -259,6 +259,12 @@ static int unix_socket(const char *path, struct sockaddr_un *a)
     return s;
 }
 
+/* An errno from a datagram send; EPROTOTYPE means it found the host's stream socket. */
+static const char *host_errname(int e)
+{
+    return e == EPROTOTYPE ? "HOST (found the host's socket: EPROTOTYPE)" : errname(e);
+}
+
 /* The socket files are named beside MARKER, whose directory exists both in the root (the
  * marker's copy) and on the host, so a bind that the view did not serve succeeds too, on the
  * host (the test looks there).  rootescape-host.sock is a host socket the test listens on. */
@@ -290,6 +296,23 @@ static void unix_cases(void)
            connect(c, (struct sockaddr *)&a, sizeof a) == 0 ? "HOST (connected to the host's socket)"
                                                             : errname(errno));
     close(c);
+
+    /* Datagrams to the host socket's path: finding it (a stream socket) fails EPROTOTYPE,
+     * which only the host's path can give; inside the root there is nothing (ENOENT). */
+    int d = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK(d >= 0);
+    char byte = 'x';
+    struct iovec iov = { &byte, 1 };
+    struct msghdr m = { .msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &iov, .msg_iovlen = 1 };
+    struct mmsghdr mm = { .msg_hdr = m };
+    errno = 0;
+    printf("unix-sendto-host-socket: %s\n",
+           sendto(d, &byte, 1, 0, (struct sockaddr *)&a, sizeof a) == 1 ? "HOST (sent)" : host_errname(errno));
+    errno = 0;
+    printf("unix-sendmsg-host-socket: %s\n", sendmsg(d, &m, 0) == 1 ? "HOST (sent)" : host_errname(errno));
+    errno = 0;
+    printf("unix-sendmmsg-host-socket: %s\n", sendmmsg(d, &mm, 1, 0) == 1 ? "HOST (sent)" : host_errname(errno));
+    close(d);
 }
 
 /* ---- races ------------------------------------------------------------------------------- */
