@@ -192,7 +192,7 @@ bool kbox_dispatch_passthrough(const struct kbox_policy *p, int nr)
 {
     if (nr < 0 || nr >= KBOX_NR_MAX || p->trace || p->stats || p->virtual_pid || p->deny_errno[nr])
         return false;
-    if (p->root_id && kbox_ids_touches(nr))
+    if (p->root_id ? kbox_ids_touches(nr) : p->root_record && kbox_ids_file_call(nr))
         return false;
     struct kbox_req probe = { .nr = nr, .tier = KBOX_TIER_REWRITE };
     probe.args[2] = PROT_WRITE | PROT_EXEC; /* the one argument-dependent rule: W^X */

@@ -109,10 +109,15 @@ static uint64_t encode_dev(uint32_t major, uint32_t minor)
 static uint32_t dev_major(uint64_t d) { return (uint32_t)((d & 0xfff00) >> 8); }
 static uint32_t dev_minor(uint64_t d) { return (uint32_t)((d & 0xff) | ((d >> 12) & 0xfff00)); }
 
-/* A file without a record: fakeroot's mapping, the invoking user's files are root's. */
+/* A file without a record: fakeroot's mapping, the invoking user's files are root's (record
+ * only: as it is). */
 static struct look unrecorded(const struct kbox_ids_table *t, uint32_t mode, uint32_t uid, uint32_t gid, uint64_t rdev)
 {
-    struct look l = { mode, uid == t->real_uid ? 0 : uid, gid == t->real_gid ? 0 : gid, rdev };
+    struct look l = { mode, uid, gid, rdev };
+    if (t->fake_root) {
+        l.uid = uid == t->real_uid ? 0 : uid;
+        l.gid = gid == t->real_gid ? 0 : gid;
+    }
     return l;
 }
 
@@ -295,6 +300,36 @@ static int64_t do_mknod(struct kbox_ids_table *t, long dirfd, uint64_t path, uin
     return r;
 }
 
+/* Record only: chown or chmod made for real; when it succeeded, the record (if the file has
+ * one) takes the file's new real owner or permission bits, the rest of it staying. */
+static int64_t do_real_change(struct kbox_ids_table *t, int nr, const uint64_t *a, long dirfd, uint64_t path,
+                              int flags, bool owner)
+{
+    int64_t r = kbox_syscall6(nr, (long)a[0], (long)a[1], (long)a[2], (long)a[3], (long)a[4], (long)a[5]);
+    struct stat st;
+    if (r < 0 || !__atomic_load_n(&t->count, __ATOMIC_RELAXED) || stat_at(dirfd, path, flags, &st) < 0)
+        return r;
+    kbox_lock(&t->lock);
+    struct kbox_ids_rec *rec = find(t, st.st_dev, st.st_ino);
+    if (rec && still_valid(rec, st.st_mode)) {
+        if (owner) {
+            /* As the kernel just did to the real file: set-user-ID goes, and set-group-ID
+             * where the group may execute. */
+            rec->uid = st.st_uid;
+            rec->gid = st.st_gid;
+            if ((rec->mode & S_IFMT) != S_IFDIR && (rec->mode & S_IFMT) != S_IFLNK) {
+                rec->mode &= ~(uint32_t)S_ISUID;
+                if (rec->mode & S_IXGRP)
+                    rec->mode &= ~(uint32_t)S_ISGID;
+            }
+        } else {
+            rec->mode = (rec->mode & S_IFMT) | (st.st_mode & 07777);
+        }
+    }
+    kbox_unlock(&t->lock);
+    return r;
+}
+
 /* unlink, rmdir and rename over a file: the last link's record goes with it. */
 static int64_t do_remove(struct kbox_ids_table *t, int nr, const uint64_t *a, long dirfd, uint64_t path,
                          long odirfd, uint64_t opath)
@@ -352,6 +387,31 @@ int64_t kbox_ids_syscall(struct kbox_ids_table *t, const struct kbox_mem *mem, i
     for (int i = 0; i < 6; i++)
         la[i] = a[i];
     int64_t r;
+    if (!t->fake_root) {
+        switch (nr) {
+#ifdef __NR_chown
+        case __NR_chown:
+        case __NR_chmod:
+            return do_real_change(t, nr, a, AT_FDCWD, a[0], 0, nr == __NR_chown);
+        case __NR_lchown:
+            return do_real_change(t, nr, a, AT_FDCWD, a[0], AT_SYMLINK_NOFOLLOW, true);
+        case __NR_mknod:
+#endif
+        case __NR_mknodat:
+            return kbox_syscall6(nr, (long)a[0], (long)a[1], (long)a[2], (long)a[3], 0, 0);
+        case __NR_fchown:
+        case __NR_fchmod:
+            return do_real_change(t, nr, a, (long)a[0], (uint64_t)(uintptr_t)"", AT_EMPTY_PATH, nr == __NR_fchown);
+        case __NR_fchownat:
+            return do_real_change(t, nr, a, (long)a[0], a[1], (int)a[4] & (AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH), true);
+        case __NR_fchmodat:
+            return do_real_change(t, nr, a, (long)a[0], a[1], 0, false);
+        case __NR_fchmodat2:
+            return do_real_change(t, nr, a, (long)a[0], a[1], (int)a[3] & (AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH), false);
+        default:
+            break; /* the stat family and the removals, as below */
+        }
+    }
     switch (nr) {
 #ifdef __NR_stat
     case __NR_stat:
@@ -679,8 +739,9 @@ static void err_line(char *err, size_t cap, long line, const char *what)
     kbox_buf_puts(&b, what);
 }
 
-int kbox_ids_load(struct kbox_ids_table *t, const char *file, char *err, size_t cap)
+int kbox_ids_load(struct kbox_ids_table *t, const char *file, bool fake_root, char *err, size_t cap)
 {
+    t->fake_root = fake_root;
     t->top_pid = (int32_t)kbox_getpid();
     t->real_uid = (uint32_t)KSYS0(__NR_getuid);
     t->real_gid = (uint32_t)KSYS0(__NR_getgid);

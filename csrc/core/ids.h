@@ -18,6 +18,14 @@
  * root's.  A record whose file type no longer matches the inode (the inode was freed outside
  * kbox and reused) is ignored and dropped; the last unlink, rmdir or rename over a file drops
  * its record.
+ *
+ * Record only (kbox run --root IMAGE without --root-id; the launcher's --root-record=FILE):
+ * the record holds an ext4 image's owners, modes and devices for the files kbox materialized
+ * from it (kbox/ext4image.py), and the stat family shows them, but the program keeps its own
+ * ids and nothing is faked for it: id calls pass, a file without a record shows its real
+ * owner, and chown, chmod and mknod are made for real (the kernel decides); a chown or chmod
+ * that succeeded carries the file's new real owner or permission bits into its record.
+ * unlink, rmdir and rename drop records as above.
  */
 #ifndef KBOX_CORE_IDS_H
 #define KBOX_CORE_IDS_H
@@ -53,14 +61,15 @@ struct kbox_ids_table {
     int32_t top_pid;                /* the launcher: where the walk up the parents stops */
     uint32_t real_uid, real_gid;    /* the invoking user (files of theirs show as 0) */
     int32_t full_reported;
-    int32_t pad;
+    int32_t fake_root;              /* --root-id: fake ids and fakeroot's mapping; 0: record only */
     struct kbox_ids_cred proc[KBOX_IDS_PROCS];
     struct kbox_ids_rec slot[KBOX_IDS_SLOTS];
 };
 
-/* Loads FILE into the (empty) table; a missing FILE is an empty record.  0, or -1 with a
- * one-line reason in err ("line 3: ..."). */
-int kbox_ids_load(struct kbox_ids_table *t, const char *file, char *err, size_t cap);
+/* Loads FILE into the (empty) table; a missing FILE is an empty record.  fake_root: as
+ * --root-id (true) or record only (false).  0, or -1 with a one-line reason in err
+ * ("line 3: ..."). */
+int kbox_ids_load(struct kbox_ids_table *t, const char *file, bool fake_root, char *err, size_t cap);
 
 /* Writes the table to FILE atomically (FILE.tmp, fsync, rename); 0 or -errno. */
 int kbox_ids_save(struct kbox_ids_table *t, const char *file);

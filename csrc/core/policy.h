@@ -17,6 +17,8 @@ struct kbox_policy {
     bool stats;                         /* --stats */
     bool enforce_wx;                    /* in-process tiers unless --allow-wx */
     bool root_id;                       /* --root-id: fake root ids and ownership (core/ids.h) */
+    bool root_record;                   /* the ownership record patches the file calls: --root-id,
+                                         * or --root-record alone (an image root's owners) */
     struct kbox_shared *shared;         /* counters, virtual pid table */
 };
 

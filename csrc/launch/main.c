@@ -11,6 +11,8 @@
  *   --root=DIR --workdir=DIR   (the root view: DIR canonical)
  *   --bind=HOST --bind-at=GUEST   (repeatable, after --root: HOST shown at GUEST; canonical)
  *   --root-id=FILE   (with --root: fake root ids and ownership, recorded in FILE; core/ids.h)
+ *   --root-record=FILE   (with --root: FILE's owners and modes shown by stat, ids not faked;
+ *                    an image root's record, kbox/ext4image.py; core/ids.h)
  *   --shared-fd=N --relaunch --exec-path=PATH --cwd-fd=N   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
@@ -39,7 +41,8 @@ static struct kbox_launch launch;
 static char *saved_opts[64];
 static const char *stats_tier = "trap";
 static char trace_fd_opt[32], shared_fd_opt[32], cwd_fd_opt[32], self_path[4096];
-static const char *root_id_file; /* --root-id=FILE: written back at the end of the run */
+static const char *root_id_file; /* --root-id=FILE or --root-record=FILE: written back at the end */
+static const char *record_opt = "--root-id "; /* which of the two, for messages */
 
 static __attribute__((noreturn)) void usage(const char *a, const char *b)
 {
@@ -255,8 +258,19 @@ static int launcher_main(uint64_t *sp)
         } else if (opt_value(a, "--root-id", &v)) {
             if (v[0] != '/')
                 usage("--root-id: FILE must be an absolute path, got ", v);
-            policy.root_id = true;
+            if (root_id_file && kbox_strcmp(root_id_file, v) != 0)
+                usage("--root-id and --root-record name different files", NULL);
+            policy.root_id = policy.root_record = true;
             root_id_file = v;
+        } else if (opt_value(a, "--root-record", &v)) {
+            if (v[0] != '/')
+                usage("--root-record: FILE must be an absolute path, got ", v);
+            if (root_id_file && kbox_strcmp(root_id_file, v) != 0)
+                usage("--root-id and --root-record name different files", NULL);
+            policy.root_record = true;
+            root_id_file = v;
+            if (!policy.root_id)
+                record_opt = "--root-record ";
         } else if (opt_value(a, "--workdir", &v)) {
             workdir = v;
             keep = false; /* the working directory carries over an execve by itself */
@@ -321,8 +335,10 @@ static int launcher_main(uint64_t *sp)
             return KBOX_EXIT_USAGE;
     }
 
-    if (policy.root_id && !root)
-        usage("--root-id needs --root", NULL);
+    if (policy.root_record && !root)
+        usage(record_opt, "needs --root");
+    if (policy.root_id)
+        record_opt = "--root-id ";
     if (mode == MODE_SECCOMP && policy.virtual_pid)
         usage("--virtual-pid needs an in-process tier (--syscall-mode=trap): the seccomp tier "
               "cannot rewrite the results of fork, clone or wait4", NULL);
@@ -344,15 +360,15 @@ static int launcher_main(uint64_t *sp)
             fd = want;
         }
         launch.shared_fd = fd;
-        if (policy.root_id) {
+        if (policy.root_record) {
             char why[256], msg[768];
-            if (kbox_ids_load(&policy.shared->ids, root_id_file, why, sizeof(why)) < 0) {
+            if (kbox_ids_load(&policy.shared->ids, root_id_file, policy.root_id, why, sizeof(why)) < 0) {
                 struct kbox_buf b;
                 kbox_buf_init(&b, msg, sizeof(msg));
                 kbox_buf_puts(&b, root_id_file);
                 kbox_buf_puts(&b, ": ");
                 kbox_buf_puts(&b, why);
-                kbox_err("--root-id ", msg, NULL);
+                kbox_err(record_opt, msg, NULL);
                 return KBOX_EXIT_USAGE;
             }
         }
@@ -419,7 +435,7 @@ static void finish(int status)
 {
     if (policy.stats && policy.shared)
         print_stats(stats_tier);
-    if (policy.root_id && policy.shared && !launch.relaunch) {
+    if (policy.root_record && policy.shared && !launch.relaunch) {
         int r = kbox_ids_save(&policy.shared->ids, root_id_file);
         if (r < 0) {
             char msg[768];
@@ -428,7 +444,7 @@ static void finish(int status)
             kbox_buf_puts(&b, root_id_file);
             kbox_buf_puts(&b, ": cannot write the record: ");
             kbox_buf_puts(&b, kbox_strerror(-r));
-            kbox_err("--root-id ", msg, NULL);
+            kbox_err(record_opt, msg, NULL);
             if (status == 0)
                 status = KBOX_EXIT_INTERNAL;
         }

@@ -385,7 +385,7 @@ int kbox_seccomp_run(struct kbox_launch *L)
             return KBOX_EXIT_INTERNAL;
         }
         quiet_set((int)child, true);
-        sv.ids = p->root_id ? &p->shared->ids : NULL;
+        sv.ids = p->root_record ? &p->shared->ids : NULL;
     }
 
     kbox_set_handler(SIGCHLD, on_sigchld, SA_NOCLDSTOP);

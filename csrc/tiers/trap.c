@@ -72,7 +72,7 @@ static void run_or_adjust(const struct kbox_req *req, struct kbox_answer *ans, k
         return;
     }
     const struct kbox_policy *p = kbox_rt.policy;
-    if (p->root_id && kbox_ids_file_call(req->nr))
+    if (p->root_record && kbox_ids_file_call(req->nr))
         *ret = kbox_ids_syscall(&p->shared->ids, &kbox_rt.self_mem, req->nr, ans->args);
     else if (!(kbox_sc_props(req->nr) & KBOX_SC_RUNTIME) || !kbox_runtime_fixup(req, ans, uc, ret))
         *ret = kbox_rt_run(req->nr, ans->args);
