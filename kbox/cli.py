@@ -19,6 +19,7 @@ examples:
   kbox run --root R --bind ~/src:/src --workdir /src -- make   a host directory inside R
   kbox run --root R --root-id -- tar xpf /base.tar   as root, ownership kept in R.kbox-ids
   kbox rootfs build --arch aarch64 --out R   a minimal Debian tree from Debian packages
+  kbox image from-dir R root.ext4         an ext4 image of R; `kbox run --root root.ext4` runs from it
   kbox analyze /bin/ls                    syscall sites, and which tier auto would pick
   kbox bench --modes native,seccomp,trap  cost per syscall in each tier
   kbox vm run --arch aarch64 -- uname -m  run a command in an aarch64 guest under QEMU
@@ -61,10 +62,19 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="at exit, a table of syscalls: count and which path served them")
     p.add_argument("--allow-wx", action="store_true",
                    help="allow writable+executable mappings in the in-process tiers (JITs)")
-    p.add_argument("--root", metavar="DIR",
+    p.add_argument("--root", metavar="DIR|IMAGE",
                    help="run against the root filesystem DIR: the program's paths name files "
                         "inside DIR (/proc, /dev and /sys stay the host's); no privileges needed; "
-                        "every tier (docs/tiers.md says where each one stops)")
+                        "every tier (docs/tiers.md says where each one stops). An ext2/3/4 image "
+                        "(found by its superblock, whatever its name) is read with libext2fs, never "
+                        "modified: its tree is materialized into an overlay directory that the "
+                        "program sees and writes, and stat shows the image's owners and modes")
+    p.add_argument("--overlay", metavar="DIR", default=None,
+                   help="with --root IMAGE: keep the image's materialized tree, with the program's "
+                        "changes, in DIR, and reuse it on the next run with the same DIR and image "
+                        "(made on first use; one made from another image is refused). Default: a "
+                        "temporary directory, removed at exit unless the program changed something "
+                        "in it (then kept, and its path printed)")
     p.add_argument("--workdir", metavar="DIR", default=None,
                    help="with --root: the working directory inside the root (default /)")
     p.add_argument("--bind", action="append", default=[], metavar="HOST[:GUEST]",
@@ -95,14 +105,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise UserError("kbox run: missing program (usage: kbox run [options] -- PROG [ARGS...])", 2)
     view = None
+    overlay = None
     if args.root is not None:
+        from kbox import ext4image
         from kbox.rootview import RootView
-        view = RootView(args.root, args.workdir or "/", binds=args.bind, host_binds=args.host_binds)
-        path, host = view.find_program(command[0])
-        info = elfinfo.inspect(host, display=command[0])
-    elif args.workdir is not None or args.bind or args.host_binds or args.root_id is not None:
+        root = args.root
+        if os.path.exists(root) and not os.path.isdir(root):
+            if not ext4image.is_image(root):
+                raise UserError(f"kbox run: --root {root}: is not a directory or an ext2/3/4 image (no "
+                                "superblock magic 0xEF53 at byte 1080)", 2)
+            if isinstance(args.root_id, str):
+                raise UserError("kbox run: --root-id=FILE: with an image root the record is the overlay's "
+                                "own; give --root-id alone", 2)
+            overlay = ext4image.prepare_overlay(root, args.overlay)
+            root = overlay.root
+        elif args.overlay is not None:
+            raise UserError("kbox run: --overlay applies with --root IMAGE (an ext2/3/4 image) only", 2)
+        try:
+            view = RootView(root, args.workdir or "/", binds=args.bind, host_binds=args.host_binds,
+                            display=args.root if overlay else None)
+            path, host = view.find_program(command[0])
+            info = elfinfo.inspect(host, display=command[0])
+        except BaseException:
+            if overlay is not None and overlay.temporary:
+                ext4image.finish_overlay(overlay)
+            raise
+    elif (args.workdir is not None or args.bind or args.host_binds or args.root_id is not None
+          or args.overlay is not None):
         opt = ("--workdir" if args.workdir is not None else "--bind" if args.bind else
-               "--host-binds" if args.host_binds else "--root-id")
+               "--host-binds" if args.host_binds else "--root-id" if args.root_id is not None else "--overlay")
         raise UserError(f"kbox run: {opt} applies with --root only", 2)
     else:
         path = elfinfo.resolve_program(command[0])
@@ -120,10 +151,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
         stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
         argv0=command[0],
-        extra=view.launcher_options(root_id=args.root_id) if view else (),
+        extra=view.launcher_options(
+            root_id=(overlay.record if overlay and args.root_id is not None else args.root_id),
+            root_record=overlay.record if overlay else None) if view else (),
     )
     sys.stdout.flush()
     sys.stderr.flush()
+    if overlay is not None and overlay.temporary:
+        from kbox import ext4image
+        return ext4image.run_with_temporary_overlay(argv, overlay)
     os.execv(argv[0], argv)
     return 125  # not reached
 
@@ -148,6 +184,9 @@ def make_parser() -> argparse.ArgumentParser:
     from kbox.root_debian import add_rootfs_command
 
     add_rootfs_command(sub)
+    from kbox.ext4image import add_image_command
+
+    add_image_command(sub)
     try:
         from kbox.vm.cli import add_vm_commands
     except ImportError:  # the VM stack needs paramiko/pexpect; run/analyze/bench do not
@@ -166,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(str(exc), file=sys.stderr)
+        if str(exc):  # empty: reported already (by a child process)
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("kbox: interrupted", file=sys.stderr)

@@ -39,11 +39,13 @@ def parse_bind(spec: str) -> tuple[str, str]:
 
 class RootView:
     def __init__(self, root: str, workdir: str = "/", binds: Sequence[str] = (),
-                 host_binds: bool = False):
+                 host_binds: bool = False, display: str | None = None):
+        """display: what messages call the root (an image's name for its overlay's tree)."""
         if not os.path.isdir(root):
             what = "does not exist" if not os.path.lexists(root) else "is not a directory"
             raise UserError(f"kbox run: --root {root}: {what}", EXIT_USAGE)
         self.root = os.path.realpath(root)
+        self.name = display or self.root
         # (guest, host) pairs, canonical, parents before what they hold (the launcher checks
         # each guest path's parent in the view as it stands with the binds before it).
         self.binds: list[tuple[str, str]] = []
@@ -145,7 +147,7 @@ class RootView:
             guest = name if name.startswith("/") else posixpath.join(self.workdir, name)
             host = self.host_path(guest)
             if host is None or not os.path.lexists(host):
-                raise UserError(f"kbox: {name}: No such file or directory (in the root {self.root})",
+                raise UserError(f"kbox: {name}: No such file or directory (in the root {self.name})",
                                 EXIT_NOT_FOUND)
             return guest, host
         if path_env is None:
@@ -157,7 +159,7 @@ class RootView:
             host = self.host_path(guest)
             if host and os.path.isfile(host) and os.access(host, os.X_OK):
                 return guest, host
-        raise UserError(f"kbox: {name}: command not found (in the root {self.root})", EXIT_NOT_FOUND)
+        raise UserError(f"kbox: {name}: command not found (in the root {self.name})", EXIT_NOT_FOUND)
 
     def record_path(self, root_id: str | bool) -> str:
         """The --root-id record: FILE as given, or DIR.kbox-ids beside the root; checked to be
@@ -177,11 +179,15 @@ class RootView:
                             EXIT_USAGE)
         return path
 
-    def launcher_options(self, root_id: str | bool | None = None) -> list[str]:
+    def launcher_options(self, root_id: str | bool | None = None, root_record: str | None = None) -> list[str]:
+        """root_record: an image root's record (its owners and modes, stat only), unless
+        root_id names the same file (then fake root ids too)."""
         opts = [f"--root={self.root}"]
         for guest, host in self.binds:
             opts += [f"--bind={host}", f"--bind-at={guest}"]
         opts.append(f"--workdir={self.workdir}")
         if root_id is not None:
             opts.append(f"--root-id={self.record_path(root_id)}")
+        elif root_record is not None:
+            opts.append(f"--root-record={root_record}")
         return opts
