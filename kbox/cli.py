@@ -111,9 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from kbox.rootview import RootView
         root = args.root
         if os.path.exists(root) and not os.path.isdir(root):
-            if not ext4image.is_image(root):
-                raise UserError(f"kbox run: --root {root}: is not a directory or an ext2/3/4 image (no "
-                                "superblock magic 0xEF53 at byte 1080)", 2)
+            ext4image.check_image(root, "kbox run: --root")
             if isinstance(args.root_id, str):
                 raise UserError("kbox run: --root-id=FILE: with an image root the record is the overlay's "
                                 "own; give --root-id alone", 2)
