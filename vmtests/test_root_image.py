@@ -5,17 +5,16 @@ under every tier, compared with a native chroot of the tree.  Small on purpose: 
 under TCG on two cores."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kbox.tiers import AUTO, IN_PROCESS, SECCOMP
 from vmtests.helpers import describe
+from vmtests.test_root_view import _root
 
 TREE = "/tmp/kbox-image-tree"
 IMAGE = "/tmp/kbox-image-root.ext4"
-ROOTFS_PY = Path(__file__).resolve().parent.parent / "tests" / "rootfs.py"
 
 PROGRAMS = {
     "ls": "ls -a /",
@@ -27,13 +26,13 @@ PROGRAMS = {
 
 
 def _image(vm: Any) -> str:
-    """The tree (with a file of another owner and a set-user-ID one) and its image, made in
-    this guest once; the tree gets the image's lost+found so that chroot sees the same."""
+    """A copy of the root view's tree (tests/rootfs.py's, built in this guest) with a file of
+    another owner and a set-user-ID one, and its image, made once; the copy gets the image's
+    lost+found so that chroot sees the same."""
     if vm.run(f"test -s {IMAGE}", timeout=60).exit_status != 0:
-        vm.put(ROOTFS_PY, "/tmp/kbox_rootfs.py")
+        root = _root(vm)
         res = vm.run(
-            f"rm -rf {TREE} {IMAGE} && cd /tmp && python3 -c 'import pathlib, kbox_rootfs; "
-            f"kbox_rootfs.build(pathlib.Path(\"{TREE}\"))' && mkdir {TREE}/srv && echo x > {TREE}/srv/theirs && "
+            f"rm -rf {TREE} {IMAGE} && cp -a {root} {TREE} && mkdir {TREE}/srv && echo x > {TREE}/srv/theirs && "
             f"chown 1234:5678 {TREE}/srv/theirs && cp {TREE}/usr/bin/echo {TREE}/srv/suid && "
             f"chmod 4755 {TREE}/srv/suid && kbox image from-dir {TREE} {IMAGE} && mkdir -m 700 {TREE}/lost+found",
             timeout=900)
