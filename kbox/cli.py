@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from kbox import __version__
@@ -155,6 +156,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     sys.stderr.flush()
+    # Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec, and the program must
+    # start with them at their defaults, as a shell would start it (`yes | head` ends quietly).
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     if overlay is not None and overlay.temporary:
         from kbox import ext4image
         return ext4image.run_with_temporary_overlay(argv, overlay)

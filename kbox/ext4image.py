@@ -746,7 +746,15 @@ def run_with_temporary_overlay(argv: list[str], overlay: Overlay) -> int:
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     status = None
     try:
-        pid = os.posix_spawn(argv[0], argv, os.environ, setsigmask=old)
+        # fork and exec, not posix_spawn: glibc's posix_spawn leaves its internal signals
+        # (32, 33) ignored in the child, and ignored signals survive exec.
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(125)
         while status is None:
             info = signal.sigwaitinfo(sigs)
             if info.si_signo != signal.SIGCHLD and info.si_code != 0x80:  # 0x80: SI_KERNEL, the tty's

@@ -270,6 +270,17 @@ def test_a_temporary_overlay_goes_unless_the_program_changed_it(IMAGE, WORK):
     assert again.stdout == "kept\n", again.stderr
 
 
+@pytest.mark.parametrize("overlay", ["temporary", "kept"])
+def test_the_program_starts_with_no_signal_ignored_or_blocked(IMAGE, WORK, overlay):
+    """Python ignores SIGPIPE and SIGXFSZ; the program must not inherit that, whether kbox execs the launcher (--overlay) or waits for it (a temporary overlay)."""
+    extra = ["--overlay", user_dir(WORK / "sigs") / "o"] if overlay == "kept" else []
+    got = kbox("run", "--root", IMAGE, *extra, "--", "sh", "-c", "cat /proc/self/status")
+    assert got.returncode == 0, got.stderr
+    masks = dict(re.findall(r"^(SigIgn|SigBlk):\s*(\w+)$", got.stdout, re.M))
+    assert masks == {"SigIgn": "0" * 16, "SigBlk": "0" * 16}
+    assert got.stderr == ""
+
+
 def test_a_signal_that_kills_the_launcher_kills_kbox_alike(IMAGE, WORK):
     tmp = user_dir(WORK / "tmpdir-status")
     got = kbox("run", "--root", IMAGE, "--", "sh", "-c", "kill -TERM $$", tmpdir=str(tmp))
