@@ -378,6 +378,9 @@ def small_tree(src: Path) -> Path:
         (src / f"deep/a/f{i}").write_text(f"{i}\n" * i)
     os.symlink("/etc/hostname", src / "abs-link")
     os.symlink("x" * 200, src / "long-link")  # a slow symlink (not in the inode)
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(src / "sock"))  # the socket file stays after the close
     add_ownership_cases(src)
     return src
 
