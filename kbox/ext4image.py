@@ -60,8 +60,6 @@ _SB = {  # name: (offset, struct format)
     "blocks_count_hi": (0x150, "<I"), "free_blocks_hi": (0x158, "<I"),
 }
 INCOMPAT_64BIT = 0x80
-INCOMPAT_EXTENTS = 0x40
-INCOMPAT_JOURNAL_DEV = 0x8
 COMPAT_HAS_JOURNAL = 0x4
 FEATURES = {  # the ones `kbox image info` names: (word, bit, name)
     ("compat", 0x4): "has_journal", ("compat", 0x8): "ext_attr", ("compat", 0x20): "dir_index",
@@ -99,10 +97,11 @@ class Super:
 
     @property
     def kind(self) -> str:
+        """As blkid names it: ext4 when a feature beyond ext3's is on (ext3's incompat ones:
+        filetype, recover; ro_compat: sparse_super, large_file), ext3 with a journal."""
         f = self.fields
-        if f["feature_incompat"] & ~0x2 or f["feature_ro_compat"] & ~0x3:
-            return "ext4" if f["feature_incompat"] & INCOMPAT_EXTENTS or f["feature_ro_compat"] & ~0x3 \
-                else ("ext3" if f["feature_compat"] & COMPAT_HAS_JOURNAL else "ext4")
+        if f["feature_incompat"] & ~0x6 or f["feature_ro_compat"] & ~0x3:
+            return "ext4"
         return "ext3" if f["feature_compat"] & COMPAT_HAS_JOURNAL else "ext2"
 
     def features(self) -> list[str]:
