@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kbox: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kbox image info IMG | head -1`: the reader left, as SIGPIPE would end us
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
