@@ -624,8 +624,13 @@ def materialize_in_child(image: str, dest: str, record: str, progress: bool = Tr
     try:
         _, status = os.waitpid(pid, 0)
     except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        # Ctrl-C: the signal may be handled after waitpid reaped the child (Python runs
+        # handlers when the call returns), so the child may be gone already.
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
         raise
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)

@@ -329,6 +329,38 @@ def test_ctrl_c_leaves_no_process_and_no_temporary_overlay(IMAGE, WORK, tier):
     assert os.listdir(tmp) == []
 
 
+def test_ctrl_c_while_materializing_leaves_nothing(IMAGE, WORK):
+    """SIGINT to the process group while the ~70 MB tree is being copied (0.5 s after the
+    start; the copy takes a second or more here): kbox says so and removes the overlay."""
+    tmp = user_dir(WORK / "tmpdir-int-early")
+    env = {"PATH": "/usr/bin:/bin", "KBOX_PROGRESS_AFTER": "1e9", "TMPDIR": str(tmp), "LANG": "C",
+           "PYTHONPATH": f"{REPO}:{os.environ['KBOX_TEST_PYLIB']}"}
+    ids = {"user": RUN_UID, "group": RUN_GID, "extra_groups": []} if os.geteuid() == 0 else {}
+    p = subprocess.Popen([user_python() if ids else sys.executable, "-m", "kbox", "run", "--root", str(IMAGE),
+                          "--", "sh", "-c", "echo started; read x"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd="/", start_new_session=True, **ids)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.listdir(tmp) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    # Interrupted while copying (the usual case), or, on a fast idle host, in the program.
+    assert (out, err) == ("", "kbox: interrupted\n") or out == "started\n", (out, err)
+    deadline = time.monotonic() + 5
+    while pgroup_members(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pgroup_members(p.pid) == []
+    assert os.listdir(tmp) == []
+
+
 # ---- the image's tree, exactly ---------------------------------------------------------------
 
 def load_record(path: Path) -> dict[tuple[int, int], tuple[int, int, int, int]]:
