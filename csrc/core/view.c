@@ -1,4 +1,5 @@
 #include "core/view.h"
+#include "core/view-chroot.h"
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
@@ -6,7 +7,7 @@
 #include <linux/fcntl.h>
 #include <linux/openat2.h>
 
-struct kbox_view kbox_view = { .root_fd = -1 };
+struct kbox_view kbox_view = { .root_fd = -1, .base_fd = -1, .chroot_fd_at = -1 };
 
 int kbox_view_init(const char *root, int fd_at)
 {
@@ -28,6 +29,10 @@ int kbox_view_init(const char *root, int fd_at)
     kbox_view.root[n] = 0;
     kbox_view.root_len = n;
     kbox_view.root_fd = (int)fd;
+    memcpy(kbox_view.base, root, n);
+    kbox_view.base[n] = 0;
+    kbox_view.base_len = n;
+    kbox_view.base_fd = (int)fd;
     return 0;
 }
 
@@ -176,7 +181,14 @@ static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t 
     if (r != -EXDEV || (resolve & RESOLVE_NO_XDEV))
         return r;
     char abs[KBOX_VIEW_PATH_MAX];
+    int from = kbox_view.root_fd;
     long g = kbox_view_guest_dir(dirfd, abs, sizeof(abs));
+    if (g == -EXDEV && kbox_view_chrooted()) {
+        /* A directory left outside a chroot: `..` climbs from it as the kernel's does, but
+         * no higher than the run's own root (view-chroot.h). */
+        g = kbox_view_outer_dir(dirfd, abs, sizeof(abs));
+        from = kbox_view.base_fd;
+    }
     if (g < 0)
         return g == -EXDEV ? -EACCES : g; /* a directory outside the view: no way up */
     struct kbox_buf b;
@@ -185,7 +197,7 @@ static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t 
     kbox_buf_puts(&b, path);
     if (b.truncated)
         return -ENAMETOOLONG;
-    return kbox_openat2(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT | resolve);
+    return kbox_openat2(from, abs, flags, mode, RESOLVE_IN_ROOT | resolve);
 }
 
 static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
@@ -197,6 +209,8 @@ int kbox_view_fd_inside(int fd)
 {
     char guest[KBOX_VIEW_PATH_MAX];
     long r = kbox_view_guest_dir(fd, guest, sizeof(guest));
+    if (r == -EXDEV && kbox_view_chrooted())
+        r = kbox_view_outer_dir(fd, guest, sizeof(guest)); /* left outside a chroot */
     return r == 0 ? 1 : r == -EXDEV ? 0 : (int)r;
 }
 
@@ -208,7 +222,7 @@ int kbox_view_cwd_allowed(int fd)
         return (int)n;
     if (kbox_view.private_proc[0] && has_prefix_dir(host, kbox_view.private_proc))
         return 0;
-    return kbox_view_guest_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
+    return kbox_view_outer_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
 }
 
 /* Paths the view leaves to the host (/proc, /dev, /sys) are walked by the kernel from the

@@ -26,6 +26,13 @@ struct kbox_view {
     int root_fd;                 /* O_PATH directory of the root; -1: no view */
     char root[KBOX_VIEW_PATH_MAX]; /* its canonical host path, no trailing '/' ("" for "/") */
     size_t root_len;
+    /* The root the run was started with (--root).  A chroot inside the view
+     * (core/view-chroot.h) moves root_fd/root to a directory inside it; this one still
+     * bounds every walk. */
+    int base_fd;
+    char base[KBOX_VIEW_PATH_MAX];
+    size_t base_len;
+    int chroot_fd_at;            /* where the in-process tiers keep a chroot's root (-1: anywhere) */
     /* A host /proc directory no walk may reach or pass through: the seccomp supervisor's
      * own ("/proc/<pid>"), since it walks the program's /proc paths as itself. */
     char private_proc[24];
@@ -33,6 +40,9 @@ struct kbox_view {
 extern struct kbox_view kbox_view;
 
 static inline bool kbox_view_on(void) { return kbox_view.root_fd >= 0; }
+
+/* Whether a chroot inside the view moved the root below the run's own. */
+static inline bool kbox_view_chrooted(void) { return kbox_view_on() && kbox_view.root_fd != kbox_view.base_fd; }
 
 /* Opens the root (a canonical absolute host path) and keeps its descriptor at `fd_at` if
  * that number is free; 0 or -errno. */
