@@ -62,6 +62,25 @@ long kbox_view_report_path(const char *host, char *out, size_t cap, bool cwd)
     return g + (long)pre;
 }
 
+bool kbox_view_root_link(const char *path)
+{
+    if (kbox_strncmp(path, "/proc/", 6) != 0)
+        return false;
+    const char *q = path + 6;
+    if (kbox_strncmp(q, "self/", 5) == 0) {
+        q += 5;
+    } else if (kbox_strncmp(q, "thread-self/", 12) == 0) {
+        q += 12;
+    } else {
+        const char *d = q;
+        while (*q >= '0' && *q <= '9')
+            q++;
+        if (q == d || *q++ != '/')
+            return false;
+    }
+    return kbox_strcmp(q, "root") == 0;
+}
+
 /* CAP_SYS_CHROOT, or fake root under --root-id (its effective uid 0). */
 static bool may_chroot(struct kbox_ids_table *ids, const struct kbox_req *req, int tid)
 {

@@ -39,6 +39,10 @@ long kbox_view_outer_dir(int dirfd, char *out, size_t cap);
  * "(unreachable)" for getcwd.  The length written, or -1 (outside everything: left as is). */
 long kbox_view_report_path(const char *host, char *out, size_t cap, bool cwd);
 
+/* Whether `path` is the link /proc/<self|thread-self|N>/root itself: readlink of it shows "/",
+ * the view's root (the tiers answer it; the kernel's answer would be the host's root). */
+bool kbox_view_root_link(const char *path);
+
 /* chroot's checks of the guest path `path` (relative to dirfd), in the kernel's order: the
  * walk (ENOENT, ENOTDIR, EACCES, ...), search permission on the directory (EACCES), then
  * CAP_SYS_CHROOT (EPERM): thread `tid` has it in its effective set, or (with `ids`, the

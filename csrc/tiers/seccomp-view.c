@@ -435,6 +435,15 @@ static int64_t serve_path_call(const struct kbox_sview *sv, const struct kbox_re
             long r = resolve_arg(sv, req, shown, e, i, k, follow, &dirfd, &exe, &resolved);
             if (r < 0)
                 return r;
+            if (kbox_path_is_readlink(req->nr) && kbox_view_root_link(c.guest[k])) {
+                /* The view's root, as the process sees its root. */
+                size_t len = 1;
+                if ((int)a[i + 2] <= 0)
+                    return -EINVAL;
+                if (req->mem->write(req->mem, a[i + 1], "/", len) != (long)len)
+                    return -EFAULT;
+                return (int64_t)len;
+            }
             if (exe) {
                 if (req->nr == __NR_readlinkat
 #ifdef __NR_readlink

@@ -122,6 +122,16 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
             *ret = view_chroot(req, guest);
             return true;
         }
+        if (kbox_path_is_readlink(req->nr) && kbox_view_root_link(guest)) {
+            /* The view's root, as the process sees its root. */
+            if ((int)a[i + 2] <= 0) {
+                *ret = -EINVAL;
+                return true;
+            }
+            uint64_t len = 1;
+            *ret = kbox_rt.self_mem.write(&kbox_rt.self_mem, a[i + 1], "/", len) == (long)len ? (int64_t)len : -EFAULT;
+            return true;
+        }
         bool follow = kbox_path_follows(req->nr, e, a, i);
         if (!follow && kbox_path_removes(req->nr) && kbox_view_bind_named(kbox_path_dirfd(e, a, i), guest)) {
             *ret = -EBUSY;
