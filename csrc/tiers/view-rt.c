@@ -122,6 +122,11 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
             *ret = view_chroot(req, guest);
             return true;
         }
+        if (req->nr == __NR_pivot_root) {
+            /* The view has no mounts to move (as seccomp-refuse.c). */
+            *ret = -EPERM;
+            return true;
+        }
         if (kbox_path_is_readlink(req->nr) && kbox_view_root_link(guest)) {
             /* The view's root, as the process sees its root. */
             if ((int)a[i + 2] <= 0) {
