@@ -10,37 +10,6 @@
 
 #define CAP_SYS_CHROOT 18
 
-/* Whether canonical host path `host` is the run's root or lies under it. */
-static bool in_base(const char *host)
-{
-    size_t bl = kbox_view.base_len;
-    return kbox_strncmp(host, kbox_view.base, bl) == 0 && (host[bl] == 0 || host[bl] == '/');
-}
-
-long kbox_view_outer_path(const char *host, char *out, size_t cap)
-{
-    if (!kbox_view_chrooted())
-        return kbox_view_guest_path(host, out, cap);
-    if (!in_base(host))
-        return -1;
-    const char *rest = host[kbox_view.base_len] ? host + kbox_view.base_len : "/";
-    size_t n = kbox_strlen(rest);
-    if (n + 1 > cap)
-        return -1;
-    memmove(out, rest, n + 1);
-    return (long)n;
-}
-
-long kbox_view_outer_dir(int dirfd, char *out, size_t cap)
-{
-    char host[KBOX_VIEW_PATH_MAX];
-    long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
-                               : kbox_view_fd_host_path(dirfd, host, sizeof(host));
-    if (n < 0)
-        return n;
-    return kbox_view_outer_path(host, out, cap) < 0 ? -EXDEV : 0;
-}
-
 long kbox_view_report_path(const char *host, char *out, size_t cap, bool cwd)
 {
     char in[KBOX_VIEW_PATH_MAX];
@@ -133,7 +102,7 @@ int kbox_view_use_root(int fd, bool own)
     long n = kbox_view_fd_host_path(fd, host, sizeof(host));
     if (n < 0)
         return (int)n;
-    if (!in_base(host))
+    if (!kbox_view_in_base(host))
         return -EACCES;
     int old = kbox_view.root_fd;
     if (own && (size_t)n == kbox_view.base_len + (kbox_view.base_len ? 0 : 1)) {

@@ -26,14 +26,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* The path of host path `host` in the run's own root ("/" for the root itself), written to
- * out (which may be host); its length, or -1 if outside.  Without a chroot this is
- * kbox_view_guest_path. */
-long kbox_view_outer_path(const char *host, char *out, size_t cap);
-
-/* The same for directory `dirfd`: 0, -EXDEV outside the run's root, or -errno. */
-long kbox_view_outer_dir(int dirfd, char *out, size_t cap);
-
 /* What getcwd (`cwd`) or readlink of a /proc link shows for host path `host`: its guest path;
  * outside a chroot's root but inside the run's, its path in the run's root, after
  * "(unreachable)" for getcwd.  The length written, or -1 (outside everything: left as is). */

@@ -1,5 +1,4 @@
 #include "core/view.h"
-#include "core/view-chroot.h"
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
@@ -414,6 +413,37 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
     kbox_buf_putc(&b, '/');
     kbox_buf_puts(&b, path + start);
     return b.truncated ? -ENAMETOOLONG : 0;
+}
+
+/* Whether canonical host path `host` is the run's root or lies under it. */
+bool kbox_view_in_base(const char *host)
+{
+    size_t bl = kbox_view.base_len;
+    return kbox_strncmp(host, kbox_view.base, bl) == 0 && (host[bl] == 0 || host[bl] == '/');
+}
+
+long kbox_view_outer_path(const char *host, char *out, size_t cap)
+{
+    if (!kbox_view_chrooted())
+        return kbox_view_guest_path(host, out, cap);
+    if (!kbox_view_in_base(host))
+        return -1;
+    const char *rest = host[kbox_view.base_len] ? host + kbox_view.base_len : "/";
+    size_t n = kbox_strlen(rest);
+    if (n + 1 > cap)
+        return -1;
+    memmove(out, rest, n + 1);
+    return (long)n;
+}
+
+long kbox_view_outer_dir(int dirfd, char *out, size_t cap)
+{
+    char host[KBOX_VIEW_PATH_MAX];
+    long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
+                               : kbox_view_fd_host_path(dirfd, host, sizeof(host));
+    if (n < 0)
+        return n;
+    return kbox_view_outer_path(host, out, cap) < 0 ? -EXDEV : 0;
 }
 
 long kbox_view_guest_path(const char *host, char *out, size_t cap)

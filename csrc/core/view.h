@@ -82,6 +82,18 @@ long kbox_view_guest_dir(int dirfd, char *out, size_t cap);
  * length written, or -1 if `host` is outside the root (left unchanged). */
 long kbox_view_guest_path(const char *host, char *out, size_t cap);
 
+/* After a chroot inside the view (core/view-chroot.h), the run's own root still bounds
+ * everything: whether canonical host path `host` is inside it, */
+bool kbox_view_in_base(const char *host);
+
+/* The path of host path `host` in the run's own root ("/" for the root itself), written to
+ * out (which may be host); its length, or -1 if outside.  Without a chroot this is
+ * kbox_view_guest_path. */
+long kbox_view_outer_path(const char *host, char *out, size_t cap);
+
+/* The same for directory `dirfd`: 0, -EXDEV outside the run's root, or -errno. */
+long kbox_view_outer_dir(int dirfd, char *out, size_t cap);
+
 /* Binds (core/view-binds.h): adds one, HOST shown at GUEST (canonical paths); 0 or -errno
  * (-EINVAL also for a guest path in /proc, /dev or /sys, which are the host's already). */
 int kbox_view_add_bind(const char *host, const char *guest, int fd_at);

@@ -56,10 +56,10 @@ void kbox_schroot_leave(int fd)
     kbox_close(fd);
 }
 
-int64_t kbox_schroot_serve(const struct kbox_sview *sv, const struct kbox_req *req, uint64_t id, long dirfd,
-                           const char *path)
+int64_t kbox_schroot_serve(int listener, const struct kbox_sview_run *run, struct kbox_ids_table *ids,
+                           const struct kbox_req *req, uint64_t id, long dirfd, const char *path)
 {
-    long fd = kbox_view_chroot_open((int)dirfd, path, sv->ids, req, req->tid);
+    long fd = kbox_view_chroot_open((int)dirfd, path, ids, req, req->tid);
     if (fd < 0)
         return fd;
     /* ADDFD passes only real open files: the directory is opened for reading, so one the
@@ -69,8 +69,8 @@ int64_t kbox_schroot_serve(const struct kbox_sview *sv, const struct kbox_req *r
     if (rd < 0)
         return rd;
     struct seccomp_notif_addfd add = { .id = id, .flags = SECCOMP_ADDFD_FLAG_SETFD, .srcfd = (uint32_t)rd,
-                                       .newfd = (uint32_t)kbox_sview_root_slot(&sv->run), .newfd_flags = 0 };
-    long r = KSYS3(__NR_ioctl, sv->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+                                       .newfd = (uint32_t)kbox_sview_root_slot(run), .newfd_flags = 0 };
+    long r = KSYS3(__NR_ioctl, listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
     kbox_close((int)rd);
     if (r < 0)
         return r;

@@ -2,7 +2,10 @@
 #ifndef KBOX_TIERS_SECCOMP_CHROOT_H
 #define KBOX_TIERS_SECCOMP_CHROOT_H
 
-#include "tiers/seccomp-view.h"
+#include "core/ids.h"
+#include "core/request.h"
+#include "tiers/seccomp-proc.h"
+#include <stdint.h>
 
 /* The descriptor number of a process's chroot root in every guest: just below its working
  * directory's. */
@@ -16,8 +19,9 @@ void kbox_schroot_leave(int fd);
 
 /* chroot(path) of the caller, `path` as the supervisor walks it, relative to the
  * supervisor's `dirfd` (AT_FDCWD for an absolute one): the directory becomes the root of
- * the caller's process (installed at the slot with ADDFD, notification `id`).  0 or -errno. */
-int64_t kbox_schroot_serve(const struct kbox_sview *sv, const struct kbox_req *req, uint64_t id, long dirfd,
-                           const char *path);
+ * the caller's process (installed at the slot with ADDFD on `listener`, notification `id`);
+ * `ids`: the --root-id record or NULL.  0 or -errno. */
+int64_t kbox_schroot_serve(int listener, const struct kbox_sview_run *run, struct kbox_ids_table *ids,
+                           const struct kbox_req *req, uint64_t id, long dirfd, const char *path);
 
 #endif

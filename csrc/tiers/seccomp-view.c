@@ -639,7 +639,7 @@ static enum kbox_sview_action serve(struct kbox_sview *sv, const struct kbox_req
         long dirfd = AT_FDCWD;
         if (r >= 0 && c.proc[0][0] != '/')
             r = dirfd = grab_dir(sv, req->tid, AT_FDCWD);
-        *ret = r < 0 ? r : kbox_schroot_serve(sv, req, id, dirfd, c.proc[0]);
+        *ret = r < 0 ? r : kbox_schroot_serve(sv->listener, &sv->run, sv->ids, req, id, dirfd, c.proc[0]);
         shown->args[0] = (uint64_t)(uintptr_t)c.guest[0];
     } else if (req->nr == __NR_chdir) {
         bool exe;
