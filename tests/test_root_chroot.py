@@ -48,6 +48,12 @@ def TREE():
     (root / "outer-marker").write_text(OUTER + "\n")
     (root / "home/user/here").write_text("in R's /home/user\n")
     (base / "secret").write_text(SECRET + "\n")
+    (inner / "mnt").mkdir(exist_ok=True)
+    (root / "srv/outer-bind").mkdir()
+    bound = base / "bound"
+    (bound / "sub").mkdir(parents=True)
+    (bound / "bound").write_text("BOUND\n")
+    (base / "bound-outer").mkdir()
     (base / "records").mkdir()
     if os.geteuid() == 0:
         os.chown(base / "records", RUN_UID, RUN_GID)
@@ -72,11 +78,13 @@ def kbox_as_user(root, *cmd, tier, root_id=None):
                           extra_groups=[])
 
 
-def native(root, *cmd):
-    """`cmd` in a native chroot of R, with /proc mounted in R and in the inner tree."""
+def native(root, *cmd, binds=()):
+    """`cmd` in a native chroot of R, with /proc mounted in R and in the inner tree, and each
+    (HOST, GUEST) of `binds` bind-mounted."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("the native comparison needs root and unshare(1) (a mount namespace for /proc)")
-    script = ('mount -t proc proc "$1/proc" && mount -t proc proc "$1/srv/inner/proc" && '
+    mounts = "".join(f'mount --bind "{host}" "$1{guest}" && ' for host, guest in binds)
+    script = ('mount -t proc proc "$1/proc" && mount -t proc proc "$1/srv/inner/proc" && ' + mounts +
               'shift && exec chroot "$0" "$@"')
     got = subprocess.run(["unshare", "-m", "sh", "-c", script, str(root), str(root), *cmd],
                          capture_output=True, text=True, timeout=90)
@@ -226,11 +234,34 @@ def test_root_that_dropped_its_ids_may_not_chroot(TREE, tier):
     assert (got.returncode, got.stdout) == (0, "EPERM 1\n"), got.stderr
 
 
+# A bind at guest /srv/inner/mnt is at /mnt inside `chroot /srv/inner`; one at /srv/outer-bind
+# is not seen from there; a chroot into a bind has the bind's source as its root.
+BINDS_SCRIPT = """
+import os
+os.chroot('/srv/inner'); os.chdir('/')
+print(open('/mnt/bound').read().strip(), sorted(os.listdir('/mnt')), os.path.exists('/srv/outer-bind'))
+os.chdir('/mnt/sub')
+print(os.getcwd(), open('../bound').read().strip(), open('/mnt/sub/../../mnt/bound').read().strip())
+os.chdir('../..')
+print(os.getcwd(), os.readlink('/proc/self/cwd'), os.path.exists('/srv/inner'))
+fd = os.open('/mnt/bound', os.O_RDONLY)
+print(os.readlink(f'/proc/self/fd/{fd}'))
+os.chroot('/mnt'); os.chdir('/')
+print(sorted(os.listdir('/')), open('/../../bound').read().strip(), os.getcwd())
+"""
+
+
 @pytest.mark.parametrize("tier", TIERS)
-def test_chroot_with_binds_is_refused(TREE, tier, tmp_path):
-    got = kbox(TREE, "python3", "-c", "import os\ntry: os.chroot('/srv/inner')\nexcept OSError as e: print(e.errno)",
-               tier=tier, extra=("--bind", f"{tmp_path}:/mnt"))
-    assert (got.returncode, got.stdout) == (0, "95\n"), got.stderr  # EOPNOTSUPP
+def test_binds_follow_the_chroot(TREE, tier):
+    bound = TREE.parent / "bound"
+    binds = [(bound, "/srv/inner/mnt"), (TREE.parent / "bound-outer", "/srv/outer-bind")]
+    want = native(TREE, "python3", "-c", BINDS_SCRIPT, binds=binds)
+    extra = [a for host, guest in binds for a in ("--bind", f"{host}:{guest}")]
+    got = kbox(TREE, "python3", "-c", BINDS_SCRIPT, tier=tier, extra=extra)
+    assert (got.returncode, got.stdout) == (want.returncode, want.stdout), got.stderr
+    assert got.stdout.splitlines() == [
+        "BOUND ['bound', 'sub'] False", "/mnt/sub BOUND BOUND", "/ / False", "/mnt/bound",
+        "['bound', 'sub'] BOUND /"], got.stdout
 
 
 @pytest.mark.parametrize("tier", TIERS)

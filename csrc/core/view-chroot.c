@@ -69,8 +69,6 @@ static bool may_chroot(struct kbox_ids_table *ids, const struct kbox_req *req, i
 long kbox_view_chroot_open(int dirfd, const char *path, struct kbox_ids_table *ids, const struct kbox_req *req,
                            int tid)
 {
-    if (kbox_view_nbinds)
-        return -EOPNOTSUPP;
     long fd = kbox_view_openat(dirfd, path, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return fd;
@@ -94,6 +92,8 @@ void kbox_view_use_base(void)
     kbox_view.root_fd = kbox_view.base_fd;
     memcpy(kbox_view.root, kbox_view.base, kbox_view.base_len + 1);
     kbox_view.root_len = kbox_view.base_len;
+    kbox_view.root_guest[0] = 0;
+    kbox_view.root_guest_len = 0;
 }
 
 int kbox_view_use_root(int fd, bool own)
@@ -102,10 +102,12 @@ int kbox_view_use_root(int fd, bool own)
     long n = kbox_view_fd_host_path(fd, host, sizeof(host));
     if (n < 0)
         return (int)n;
-    if (!kbox_view_in_base(host))
+    char g[KBOX_VIEW_PATH_MAX];
+    long gl = kbox_view_outer_path(host, g, sizeof(g));
+    if (gl < 0)
         return -EACCES;
     int old = kbox_view.root_fd;
-    if (own && (size_t)n == kbox_view.base_len + (kbox_view.base_len ? 0 : 1)) {
+    if (own && gl == 1) {
         /* chroot("/"): the run's own root again */
         kbox_close(fd);
         kbox_view_use_base();
@@ -124,13 +126,16 @@ int kbox_view_use_root(int fd, bool own)
     memcpy(kbox_view.root, host, (size_t)n + 1);
     kbox_view.root_len = (size_t)n;
     kbox_view.root_fd = fd;
+    if (gl == 1)
+        gl = 0; /* the run's root itself (a process's chroot("/") under seccomp) */
+    memcpy(kbox_view.root_guest, g, (size_t)gl);
+    kbox_view.root_guest[gl] = 0;
+    kbox_view.root_guest_len = (size_t)gl;
     return 0;
 }
 
 int kbox_view_chroot_to(const char *dir)
 {
-    if (kbox_view_nbinds)
-        return -EOPNOTSUPP;
     long fd = kbox_view_openat(AT_FDCWD, dir, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return (int)fd;
@@ -148,6 +153,10 @@ long kbox_view_chroot_opt(char *out, size_t cap)
     if (cap <= sizeof(opt))
         return -ENAMETOOLONG;
     memcpy(out, opt, sizeof(opt) - 1);
-    long g = kbox_view_outer_path(kbox_view.root, out + sizeof(opt) - 1, cap - (sizeof(opt) - 1));
-    return g < 0 ? -ENAMETOOLONG : g + (long)sizeof(opt) - 1;
+    size_t n = kbox_view.root_guest_len ? kbox_view.root_guest_len : 1;
+    if (sizeof(opt) + n > cap)
+        return -ENAMETOOLONG;
+    memcpy(out + sizeof(opt) - 1, kbox_view.root_guest_len ? kbox_view.root_guest : "/", n);
+    out[sizeof(opt) - 1 + n] = 0;
+    return (long)(sizeof(opt) - 1 + n);
 }

@@ -14,9 +14,9 @@
  * copies it, threads share it, and an execve passes it on as --chroot), the seccomp
  * supervisor in a descriptor it keeps in each process (tiers/seccomp-chroot.c).
  *
- * Not with binds (--bind): their guest paths are paths of the run's root, and the walk that
- * serves them (core/view-binds.c) knows one root; chroot is refused (EOPNOTSUPP) when the
- * view has binds.
+ * Binds (--bind) keep their guest paths in the run's root: kbox's walk (core/view-binds.c)
+ * starts absolute paths, and stops `..`, at the chroot's root (kbox_view.root_guest), and the
+ * paths the view reports are those of the run's root less root_guest.
  */
 #ifndef KBOX_CORE_VIEW_CHROOT_H
 #define KBOX_CORE_VIEW_CHROOT_H
@@ -39,8 +39,7 @@ bool kbox_view_root_link(const char *path);
  * walk (ENOENT, ENOTDIR, EACCES, ...), search permission on the directory (EACCES), then
  * CAP_SYS_CHROOT (EPERM): thread `tid` has it in its effective set, or (with `ids`, the
  * --root-id record) its fake effective uid is 0; `req` is the call (for the record's lookup).
- * EOPNOTSUPP when the view has binds; EACCES for a directory outside the run's root (the
- * host's /proc, /dev, /sys).  An O_PATH descriptor of the directory, or -errno. */
+ * EACCES for a directory outside the run's root (the host's /proc, /dev, /sys).  An O_PATH descriptor of the directory, or -errno. */
 long kbox_view_chroot_open(int dirfd, const char *path, struct kbox_ids_table *ids, const struct kbox_req *req,
                            int tid);
 

@@ -162,10 +162,12 @@ static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t 
 {
     if (kbox_view_nbinds) {
         char g[KBOX_VIEW_PATH_MAX] = "/";
-        long r = path[0] == '/' ? 0 : kbox_view_guest_dir(dirfd, g, sizeof(g));
+        /* The walk keeps paths of the run's root (the binds'), from the chroot's root. */
+        long r = path[0] == '/' ? 0 : kbox_view_outer_dir(dirfd, g, sizeof(g));
         if (r < 0)
             return r == -EXDEV ? -EACCES : r; /* a directory outside the view: no way up */
-        return kbox_binds_walk(kbox_view.root_fd, dirfd, g, path, flags, mode, resolve);
+        const char *top = kbox_view.root_guest_len ? kbox_view.root_guest : "";
+        return kbox_binds_walk(kbox_view.base_fd, kbox_view.root_fd, top, dirfd, g, path, flags, mode, resolve);
     }
     if (path[0] == '/')
         return kbox_openat2(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT | resolve);
@@ -415,41 +417,10 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
     return b.truncated ? -ENAMETOOLONG : 0;
 }
 
-/* Whether canonical host path `host` is the run's root or lies under it. */
-bool kbox_view_in_base(const char *host)
-{
-    size_t bl = kbox_view.base_len;
-    return kbox_strncmp(host, kbox_view.base, bl) == 0 && (host[bl] == 0 || host[bl] == '/');
-}
-
 long kbox_view_outer_path(const char *host, char *out, size_t cap)
 {
-    if (!kbox_view_chrooted())
-        return kbox_view_guest_path(host, out, cap);
-    if (!kbox_view_in_base(host))
-        return -1;
-    const char *rest = host[kbox_view.base_len] ? host + kbox_view.base_len : "/";
-    size_t n = kbox_strlen(rest);
-    if (n + 1 > cap)
-        return -1;
-    memmove(out, rest, n + 1);
-    return (long)n;
-}
-
-long kbox_view_outer_dir(int dirfd, char *out, size_t cap)
-{
-    char host[KBOX_VIEW_PATH_MAX];
-    long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
-                               : kbox_view_fd_host_path(dirfd, host, sizeof(host));
-    if (n < 0)
-        return n;
-    return kbox_view_outer_path(host, out, cap) < 0 ? -EXDEV : 0;
-}
-
-long kbox_view_guest_path(const char *host, char *out, size_t cap)
-{
-    size_t rl = kbox_view.root_len;
-    bool in_root = kbox_strncmp(host, kbox_view.root, rl) == 0 && (host[rl] == 0 || host[rl] == '/');
+    size_t rl = kbox_view.base_len;
+    bool in_root = kbox_strncmp(host, kbox_view.base, rl) == 0 && (host[rl] == 0 || host[rl] == '/');
     const struct kbox_view_bind *bind = kbox_view_nbinds ? kbox_binds_holding(host) : NULL;
     if (bind && (!in_root || bind->host_len > rl)) {
         /* The source nearest to it: a bind of a directory inside the root, or a root
@@ -470,6 +441,34 @@ long kbox_view_guest_path(const char *host, char *out, size_t cap)
         return -1;
     memmove(out, rest, n + 1);
     return (long)n;
+}
+
+long kbox_view_outer_dir(int dirfd, char *out, size_t cap)
+{
+    char host[KBOX_VIEW_PATH_MAX];
+    long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
+                               : kbox_view_fd_host_path(dirfd, host, sizeof(host));
+    if (n < 0)
+        return n;
+    return kbox_view_outer_path(host, out, cap) < 0 ? -EXDEV : 0;
+}
+
+long kbox_view_guest_path(const char *host, char *out, size_t cap)
+{
+    size_t pl = kbox_view.root_guest_len;
+    if (!pl)
+        return kbox_view_outer_path(host, out, cap);
+    /* Under a chroot: its path in the run's root, less the chroot's own. */
+    char g[KBOX_VIEW_PATH_MAX];
+    long n = kbox_view_outer_path(host, g, sizeof(g));
+    if (n < 0 || kbox_strncmp(g, kbox_view.root_guest, pl) != 0 || (g[pl] != 0 && g[pl] != '/'))
+        return -1;
+    const char *rest = g[pl] ? g + pl : "/";
+    size_t rn = kbox_strlen(rest);
+    if (rn + 1 > cap)
+        return -1;
+    memcpy(out, rest, rn + 1);
+    return (long)rn;
 }
 
 const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path)
@@ -493,7 +492,7 @@ const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path)
     long fd = view_open(dirfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
-    long r = kbox_view_guest_dir((int)fd, g, sizeof(g));
+    long r = kbox_view_outer_dir((int)fd, g, sizeof(g)); /* binds are named in the run's root */
     kbox_close((int)fd);
     if (r < 0)
         return NULL;

@@ -33,6 +33,10 @@ struct kbox_view {
     char base[KBOX_VIEW_PATH_MAX];
     size_t base_len;
     int chroot_fd_at;            /* where the in-process tiers keep a chroot's root (-1: anywhere) */
+    /* The root's path in the run's root ("" without a chroot): the binds' guest paths, and
+     * every path the view reports, are the run's root's paths with this taken off. */
+    char root_guest[KBOX_VIEW_PATH_MAX];
+    size_t root_guest_len;
     /* A host /proc directory no walk may reach or pass through: the seccomp supervisor's
      * own ("/proc/<pid>"), since it walks the program's /proc paths as itself. */
     char private_proc[24];
@@ -82,13 +86,10 @@ long kbox_view_guest_dir(int dirfd, char *out, size_t cap);
  * length written, or -1 if `host` is outside the root (left unchanged). */
 long kbox_view_guest_path(const char *host, char *out, size_t cap);
 
-/* After a chroot inside the view (core/view-chroot.h), the run's own root still bounds
- * everything: whether canonical host path `host` is inside it, */
-bool kbox_view_in_base(const char *host);
-
-/* The path of host path `host` in the run's own root ("/" for the root itself), written to
- * out (which may be host); its length, or -1 if outside.  Without a chroot this is
- * kbox_view_guest_path. */
+/* After a chroot inside the view (core/view-chroot.h) the run's own root still bounds
+ * everything.  The path of host path `host` in it ("/" for the root itself; inside a bind:
+ * the bind's guest path in front), written to out (which may be host); its length, or -1 if
+ * outside (left unchanged).  Without a chroot this is kbox_view_guest_path. */
 long kbox_view_outer_path(const char *host, char *out, size_t cap);
 
 /* The same for directory `dirfd`: 0, -EXDEV outside the run's root, or -errno. */
