@@ -168,6 +168,12 @@ KEEPS = """
 import os, subprocess, threading
 t = threading.Thread(target=os.chroot, args=('/srv/inner',)); t.start(); t.join()
 os.chdir('/')
+os.closerange(3, 1 << 20)   # kbox's descriptors of the root (and the chroot's) stay
+import resource
+top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+for fd in range(max(3, top - 40), top):   # where kbox keeps its descriptors
+    try: os.dup2(0, fd)
+    except OSError: pass
 print('thread', open('/etc/hostname').read().strip())
 pid = os.fork()
 if pid == 0:

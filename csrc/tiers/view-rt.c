@@ -53,9 +53,8 @@ static int64_t view_chroot(const struct kbox_req *req, const char *path)
         kbox_close((int)fd);
         return r;
     }
-    /* The runtime's own descriptors: the program cannot close the new root (trap.c keeps the
-     * run's root in slot 2; slot 3 is the first bind's, and a view with binds has no chroot). */
-    kbox_own_fd[3] = kbox_view_chrooted() ? kbox_view.root_fd : -1;
+    /* The runtime's own descriptors: the program cannot close the new root. */
+    kbox_own_fd[KBOX_OWN_FD_CHROOT] = kbox_view_chrooted() ? kbox_view.root_fd : -1;
     return 0;
 }
 
