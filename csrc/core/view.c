@@ -145,14 +145,21 @@ long kbox_view_fd_host_path(int fd, char *host, size_t cap)
     return n;
 }
 
-long kbox_view_guest_dir(int dirfd, char *out, size_t cap)
+/* Directory `dirfd` (AT_FDCWD: the working directory) named by `name` (guest or outer path):
+ * 0, -EXDEV when it is outside, or -errno. */
+static long dir_named(int dirfd, char *out, size_t cap, long (*name)(const char *, char *, size_t))
 {
     char host[KBOX_VIEW_PATH_MAX];
     long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
                                : kbox_view_fd_host_path(dirfd, host, sizeof(host));
     if (n < 0)
         return n;
-    return kbox_view_guest_path(host, out, cap) < 0 ? -EXDEV : 0;
+    return name(host, out, cap) < 0 ? -EXDEV : 0;
+}
+
+long kbox_view_guest_dir(int dirfd, char *out, size_t cap)
+{
+    return dir_named(dirfd, out, cap, kbox_view_guest_path);
 }
 
 /* openat2 of a guest path confined to the view: absolute paths from the root; relative ones
@@ -417,6 +424,20 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
     return b.truncated ? -ENAMETOOLONG : 0;
 }
 
+/* Path p with the directory prefix[0..pl) taken off ("/" for the directory itself) into out
+ * (which may be p): its length, or -1 if p is not under it. */
+static long rest_under(const char *p, const char *prefix, size_t pl, char *out, size_t cap)
+{
+    if (kbox_strncmp(p, prefix, pl) != 0 || (p[pl] != 0 && p[pl] != '/'))
+        return -1;
+    const char *rest = p[pl] ? p + pl : "/";
+    size_t n = kbox_strlen(rest);
+    if (n + 1 > cap)
+        return -1;
+    memmove(out, rest, n + 1);
+    return (long)n;
+}
+
 long kbox_view_outer_path(const char *host, char *out, size_t cap)
 {
     size_t rl = kbox_view.base_len;
@@ -433,24 +454,12 @@ long kbox_view_outer_path(const char *host, char *out, size_t cap)
         memcpy(out, bind->guest, bind->guest_len);
         return (long)(bind->guest_len + n);
     }
-    if (!in_root)
-        return -1;
-    const char *rest = host[rl] ? host + rl : "/";
-    size_t n = kbox_strlen(rest);
-    if (n + 1 > cap)
-        return -1;
-    memmove(out, rest, n + 1);
-    return (long)n;
+    return in_root ? rest_under(host, kbox_view.base, rl, out, cap) : -1;
 }
 
 long kbox_view_outer_dir(int dirfd, char *out, size_t cap)
 {
-    char host[KBOX_VIEW_PATH_MAX];
-    long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
-                               : kbox_view_fd_host_path(dirfd, host, sizeof(host));
-    if (n < 0)
-        return n;
-    return kbox_view_outer_path(host, out, cap) < 0 ? -EXDEV : 0;
+    return dir_named(dirfd, out, cap, kbox_view_outer_path);
 }
 
 long kbox_view_guest_path(const char *host, char *out, size_t cap)
@@ -461,14 +470,7 @@ long kbox_view_guest_path(const char *host, char *out, size_t cap)
     /* Under a chroot: its path in the run's root, less the chroot's own. */
     char g[KBOX_VIEW_PATH_MAX];
     long n = kbox_view_outer_path(host, g, sizeof(g));
-    if (n < 0 || kbox_strncmp(g, kbox_view.root_guest, pl) != 0 || (g[pl] != 0 && g[pl] != '/'))
-        return -1;
-    const char *rest = g[pl] ? g + pl : "/";
-    size_t rn = kbox_strlen(rest);
-    if (rn + 1 > cap)
-        return -1;
-    memcpy(out, rest, rn + 1);
-    return (long)rn;
+    return n < 0 ? -1 : rest_under(g, kbox_view.root_guest, pl, out, cap);
 }
 
 const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path)

@@ -568,6 +568,20 @@ static int64_t serve_path_call(const struct kbox_sview *sv, const struct kbox_re
     return r;
 }
 
+/* chdir's and chroot's path: read into c.guest[0], as the supervisor walks it into c.proc[0],
+ * with *dirfd the caller's working directory for a relative one (else AT_FDCWD); 0 or -errno. */
+static long dir_arg(const struct kbox_sview *sv, const struct kbox_req *req, long *dirfd)
+{
+    bool exe;
+    *dirfd = AT_FDCWD;
+    long r = read_str(req, req->args[0], c.guest[0], PATH_CAP);
+    if (r >= 0)
+        r = kbox_sview_as_caller(&sv->run, req->pid, req->tid, c.guest[0], c.proc[0], PATH_CAP, c.link, sizeof(c.link), &exe);
+    if (r >= 0 && c.proc[0][0] != '/')
+        r = *dirfd = grab_dir(sv, req->tid, AT_FDCWD);
+    return r < 0 ? r : 0;
+}
+
 static bool is_path_call(const struct kbox_sview *sv, int nr, const struct kbox_sysent *e)
 {
     /* --root-id: fstat, fchown and fchmod are served too (their results are the record's). */
@@ -632,23 +646,13 @@ static enum kbox_sview_action serve(struct kbox_sview *sv, const struct kbox_req
     } else if (req->nr == __NR_fchdir) {
         *ret = set_cwd(sv, id, (int)req->args[0] < 0 ? -EBADF : grab_dir(sv, req->tid, (int)req->args[0]));
     } else if (req->nr == __NR_chroot) {
-        bool exe;
-        long r = read_str(req, req->args[0], c.guest[0], PATH_CAP);
-        if (r >= 0)
-            r = kbox_sview_as_caller(&sv->run, req->pid, req->tid, c.guest[0], c.proc[0], PATH_CAP, c.link, sizeof(c.link), &exe);
-        long dirfd = AT_FDCWD;
-        if (r >= 0 && c.proc[0][0] != '/')
-            r = dirfd = grab_dir(sv, req->tid, AT_FDCWD);
+        long dirfd;
+        long r = dir_arg(sv, req, &dirfd);
         *ret = r < 0 ? r : kbox_schroot_serve(sv->listener, &sv->run, sv->ids, req, id, dirfd, c.proc[0]);
         shown->args[0] = (uint64_t)(uintptr_t)c.guest[0];
     } else if (req->nr == __NR_chdir) {
-        bool exe;
-        long r = read_str(req, req->args[0], c.guest[0], PATH_CAP);
-        if (r >= 0)
-            r = kbox_sview_as_caller(&sv->run, req->pid, req->tid, c.guest[0], c.proc[0], PATH_CAP, c.link, sizeof(c.link), &exe);
-        long dirfd = AT_FDCWD;
-        if (r >= 0 && c.proc[0][0] != '/')
-            r = dirfd = grab_dir(sv, req->tid, AT_FDCWD);
+        long dirfd;
+        long r = dir_arg(sv, req, &dirfd);
         if (r >= 0) {
             r = kbox_view_openat((int)dirfd, c.proc[0], O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
             keep_fd(r);
