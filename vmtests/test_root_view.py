@@ -112,6 +112,23 @@ def test_root_id_records_ownership_and_a_second_run_sees_it(vm: Any, tier: str) 
     assert (again.stdout, real.stdout) == ("42:43\n", "0:0\n"), describe("the second run", again, real)
 
 
+@pytest.mark.parametrize("tier", [*IN_PROCESS, SECCOMP])
+def test_chroot_inside_the_root_view(vm: Any, tier: str) -> None:
+    """chroot(2) to a subdirectory of the view, mount-free (busybox's applet; the guest's
+    busybox is static): the inner tree's files, `..` and absolute paths stay in it."""
+    root = _root(vm)
+    inner = f"{root}/srv/inner"
+    res = vm.run(f"rm -rf {inner} && mkdir -p {inner}/etc {inner}/bin && cp /usr/bin/busybox "
+                 f"{inner}/bin/ && echo inner-tree > {inner}/etc/hostname", timeout=60)
+    assert res.exit_status == 0, describe("making the inner tree failed", res)
+    script = ("busybox chroot /srv/inner /bin/busybox sh -c "
+              "'cat /etc/hostname; cat /../../../etc/hostname; cd /..; pwd; ls /'")
+    res = vm.run(f"cd / && kbox run --syscall-mode={tier} --root {root} -- sh -c {shlex.quote(script)}",
+                 timeout=300)
+    assert res.stdout.splitlines() == ["inner-tree", "inner-tree", "/", "bin", "etc"], \
+        describe(f"chroot under {tier}", res)
+
+
 def test_libc_and_loader_come_from_the_root(vm: Any) -> None:
     root = _root(vm)
     res = vm.run(f"kbox run --root {root} -- python3 -c 'print(open(\"/proc/self/maps\").read())'",
