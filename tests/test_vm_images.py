@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -255,14 +256,33 @@ def test_kbox_layer_builds_once_and_rebuilds_when_a_source_changes(
     fixed = images.ensure_image(arch, "6.1", progress=False)
     assert fixed.initrd_path == img.initrd_path and cache.verify(fixed.cache_dir) is None
 
-    # A kbox source change gives a new entry and drops the old one.
+    # A kbox source change gives a new entry; the old one, used a moment ago (by another
+    # checkout, say), is kept ...
     (repo / "kbox/cli.py").write_text("print('changed')\n")
     new = images.ensure_image(arch, "6.1", progress=False)
-    assert new.cache_dir != img.cache_dir and not img.cache_dir.exists()
+    assert new.cache_dir != img.cache_dir and img.cache_dir.exists()
+    assert cache.verify(img.cache_dir) is None
+    # ... and dropped by the next build once nothing has used it for KEEP_RECENT_S.
+    _age(img.cache_dir, cache.KEEP_RECENT_S + 60)
+    (repo / "kbox/cli.py").write_text("print('changed again')\n")
+    newer = images.ensure_image(arch, "6.1", progress=False)
+    assert not img.cache_dir.exists() and new.cache_dir.exists() and newer.cache_dir.exists()
+    _age(new.cache_dir, cache.KEEP_RECENT_S + 60)
+    (repo / "kbox/cli.py").write_text("print('changed')\n")
+    assert images.ensure_image(arch, "6.1", progress=False).cache_dir == new.cache_dir
+    cache.remove_entry(newer.cache_dir)
 
     rows = images.list_images()
     assert {(r["kind"], r["state"]) for r in rows} == {("base", "ok"), ("image", "ok")}
     assert images.clean_images(arch=arch) == 2 and images.list_images() == []
+
+
+def _age(entry: Path, seconds: float) -> None:
+    """Makes the cache entry look last used `seconds` ago."""
+    then = time.time() - seconds
+    for p in (entry / cache.USED, entry / cache.MANIFEST, entry):
+        if p.exists():
+            os.utime(p, (then, then))
 
 
 def test_a_failing_make_is_reported_with_its_output(CACHE: Path, tmp_path: Path,
@@ -517,6 +537,7 @@ def test_a_local_kernel_image_carries_its_own_modules_and_module_list(
     assert images.ensure_local_image(kfile, "x86_64", tmp_path / "mods",
                                      progress=False).cache_dir == img.cache_dir
     kfile.write_bytes(_bzimage(release)[:-1] + b"!")
+    _age(img.cache_dir, cache.KEEP_RECENT_S + 60)   # unused for long: pruned
     again = images.ensure_local_image(kfile, "x86_64", tmp_path / "mods", progress=False)
     assert again.cache_dir != img.cache_dir and not img.cache_dir.exists()
     assert {r["kernel"] for r in images.list_images() if r["kind"] == "local"} == {"local"}

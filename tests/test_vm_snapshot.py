@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kbox.vm import snapshot
+from kbox.vm import cache, snapshot
 from kbox.vm.accel import Accel
 from kbox.vm.machine import VMError
 
@@ -307,6 +307,11 @@ def test_save_writes_the_state_atomically_and_drops_stale_siblings(
     entry = snapshot.state_entry(key)
     stale = entry.with_name("aarch64-6.12-ffffffffffffffff")
     _write_state(stale, _key(IMAGE, QEMU, memory_mb=512))
+    recent = entry.with_name("aarch64-6.12-eeeeeeeeeeeeeeee")   # another checkout's, in use
+    _write_state(recent, _key(IMAGE, QEMU, memory_mb=768))
+    then = time.time() - cache.KEEP_RECENT_S - 60
+    for p in (stale, *stale.iterdir()):
+        os.utime(p, (then, then))
     snapshot._mark_broken(entry, key, "an earlier failure")
     log = tmp_path / "boot.log"
     log.write_text("KBOX_GUEST_READY\n")
@@ -317,7 +322,7 @@ def test_save_writes_the_state_atomically_and_drops_stale_siblings(
     assert (entry / snapshot.STATE_FILE).read_bytes() == stream
     assert (entry / snapshot.BOOT_LOG).read_text() == "KBOX_GUEST_READY\n"
     assert snapshot.check_state(entry, key) is None
-    assert not stale.exists()
+    assert not stale.exists() and recent.exists()
     assert snapshot.broken_reason(entry, key) is None
     assert [p.name for p in entry.parent.iterdir() if p.name.startswith(".tmp-")] == []
 

@@ -90,6 +90,45 @@ def test_binds_show_host_files_inside_the_root(vm: Any, tier: str) -> None:
     assert check.stdout.splitlines()[0] == "w" and "kbox-root" in check.stdout, describe("after", check)
 
 
+# --root-id: the ids the program sees and the ownership it sets, recorded and seen again by
+# a second run; the real files stay the guest root's.  The tree's shell is the guest's busybox
+# (tests/rootfs.py), whose applets do the chown and mknod.
+ROOT_ID_SCRIPT = ("busybox id -u; busybox touch /tmp/owned && busybox chown 42:43 /tmp/owned && "
+                  "busybox stat -c %u:%g /tmp/owned; busybox rm -f /tmp/cdev; "
+                  "busybox mknod /tmp/cdev c 4 5 && busybox stat -c '%F %t:%T' /tmp/cdev")
+
+
+@pytest.mark.parametrize("tier", [*IN_PROCESS, SECCOMP])
+def test_root_id_records_ownership_and_a_second_run_sees_it(vm: Any, tier: str) -> None:
+    root = _root(vm)
+    ids = f"/tmp/kbox-ids-{tier}"
+    res = vm.run(f"rm -f {ids} {root}/tmp/owned && cd / && kbox run --syscall-mode={tier} --root {root} "
+                 f"--root-id={ids} -- sh -c {shlex.quote(ROOT_ID_SCRIPT)}", timeout=300)
+    assert res.stdout.splitlines() == ["0", "42:43", "character special file 4:5"], \
+        describe(f"--root-id under {tier}", res)
+    again = vm.run(f"cd / && kbox run --syscall-mode={tier} --root {root} --root-id={ids} -- "
+                   "busybox stat -c %u:%g /tmp/owned", timeout=300)
+    real = vm.run(f"stat -c %u:%g {root}/tmp/owned", timeout=60)
+    assert (again.stdout, real.stdout) == ("42:43\n", "0:0\n"), describe("the second run", again, real)
+
+
+@pytest.mark.parametrize("tier", [*IN_PROCESS, SECCOMP])
+def test_chroot_inside_the_root_view(vm: Any, tier: str) -> None:
+    """chroot(2) to a subdirectory of the view, mount-free (busybox's applet; the guest's
+    busybox is static): the inner tree's files, `..` and absolute paths stay in it."""
+    root = _root(vm)
+    inner = f"{root}/srv/inner"
+    res = vm.run(f"rm -rf {inner} && mkdir -p {inner}/etc {inner}/bin && cp /usr/bin/busybox "
+                 f"{inner}/bin/ && echo inner-tree > {inner}/etc/hostname", timeout=60)
+    assert res.exit_status == 0, describe("making the inner tree failed", res)
+    script = ("busybox chroot /srv/inner /bin/busybox sh -c "
+              "'cat /etc/hostname; cat /../../../etc/hostname; cd /..; pwd; ls /'")
+    res = vm.run(f"cd / && kbox run --syscall-mode={tier} --root {root} -- sh -c {shlex.quote(script)}",
+                 timeout=300)
+    assert res.stdout.splitlines() == ["inner-tree", "inner-tree", "/", "bin", "etc"], \
+        describe(f"chroot under {tier}", res)
+
+
 def test_libc_and_loader_come_from_the_root(vm: Any) -> None:
     root = _root(vm)
     res = vm.run(f"kbox run --root {root} -- python3 -c 'print(open(\"/proc/self/maps\").read())'",

@@ -33,10 +33,12 @@
  * skip the dispatcher after one lookup; aarch64's trampoline entry reads it in assembly. */
 extern uint8_t kbox_trap_fast[KBOX_NR_MAX];
 /* The runtime's own descriptors (trace output, shared state, the view's root, then two per
- * bind of the view; -1 if none), which the program's close/dup2/close_range must not touch.
+ * bind of the view, then a chroot's root; -1 if none), which the program's
+ * close/dup2/close_range must not touch.
  * The trampolines compare only the first two: while the third is in use, close never takes
  * the fast path. */
-#define KBOX_OWN_FDS (3 + 2 * 16)
+#define KBOX_OWN_FDS (3 + 2 * 16 + 1)
+#define KBOX_OWN_FD_CHROOT (KBOX_OWN_FDS - 1)
 extern int kbox_own_fd[KBOX_OWN_FDS];
 
 static inline bool kbox_trap_is_fast(int nr, uint64_t arg0)

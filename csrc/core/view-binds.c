@@ -46,6 +46,9 @@ static const struct kbox_view_bind *bind_at(const char *g, size_t n, uint64_t h)
  * guest path g[0..glen) ("" for the root), with g's hash. */
 struct walk {
     int root_fd;
+    int top_fd;       /* where absolute paths start and `..` stops: the root, or a chroot's */
+    const char *top;  /* its guest path ("" for the root) */
+    size_t top_len;
     uint64_t resolve; /* the program's own RESOLVE_* flags (openat2), for every kernel walk */
     int fd;
     bool owned;
@@ -63,11 +66,20 @@ static void walk_set(struct walk *w, int fd, bool owned)
     w->owned = owned;
 }
 
-static void walk_root(struct walk *w)
+static void walk_base(struct walk *w)
 {
     walk_set(w, w->root_fd, false);
     w->glen = 0;
     w->h = FNV_START;
+}
+
+/* Where an absolute path starts: the root, or a chroot's root. */
+static void walk_root(struct walk *w)
+{
+    walk_set(w, w->top_fd, false);
+    memcpy(w->g, w->top, w->top_len + 1);
+    w->glen = w->top_len;
+    w->h = fnv(FNV_START, w->top, w->top_len);
 }
 
 /* Steps into the directory `name` (one component, not "." or ".."), which is a bind or a
@@ -117,6 +129,8 @@ static long walk_up(struct walk *w)
         n--;
     if (n == 0 && w->glen == 0)
         return 0; /* `..` of the root is the root */
+    if (w->glen == w->top_len && kbox_strncmp(w->g, w->top, w->top_len) == 0)
+        return 0; /* and of a chroot's root, that root */
     if ((w->resolve & RESOLVE_NO_XDEV) && bind_at(w->g, w->glen, w->h))
         return -EXDEV; /* out of a bind's top: across its mount point */
     char g[KBOX_BINDS_PATH_MAX];
@@ -124,7 +138,7 @@ static long walk_up(struct walk *w)
     memcpy(g, w->g, len);
     uint64_t resolve = w->resolve;
     w->resolve &= ~(uint64_t)RESOLVE_NO_XDEV; /* walking back down to where `..` leads */
-    walk_root(w);
+    walk_base(w);
     for (size_t i = 0; i < len;) {
         size_t j = i + 1;
         while (j < len && g[j] != '/')
@@ -289,10 +303,13 @@ static long walk_from(struct walk *w, char *path, size_t cap, uint64_t flags, ui
     }
 }
 
-long kbox_binds_walk(int root_fd, int dirfd, const char *dir_guest, const char *path,
+long kbox_binds_walk(int root_fd, int top_fd, const char *top, int dirfd, const char *dir_guest, const char *path,
                      uint64_t flags, uint64_t mode, uint64_t resolve)
 {
-    struct walk w = { .root_fd = root_fd, .resolve = resolve, .fd = -1 };
+    struct walk w = { .root_fd = root_fd, .top_fd = top_fd, .top = top, .top_len = kbox_strlen(top),
+                      .resolve = resolve, .fd = -1 };
+    if (w.top_len >= sizeof(w.g))
+        return -ENAMETOOLONG;
     char buf[KBOX_BINDS_PATH_MAX];
     size_t n = kbox_strlen(path);
     if (n >= sizeof(buf))
@@ -364,7 +381,7 @@ int kbox_binds_add(int root_fd, const char *host, const char *guest, int fd_at)
     struct statx st;
     long r = KSYS5(__NR_statx, fd, "", AT_EMPTY_PATH, STATX_TYPE, &st);
     /* What the view has at the guest path now (nothing is fine: the bind makes it). */
-    long at = r < 0 ? r : kbox_binds_walk(root_fd, -1, "/", guest, O_PATH | O_CLOEXEC, 0, 0);
+    long at = r < 0 ? r : kbox_binds_walk(root_fd, root_fd, "", -1, "/", guest, O_PATH | O_CLOEXEC, 0, 0);
     struct statx ast;
     if (at >= 0) {
         r = KSYS5(__NR_statx, at, "", AT_EMPTY_PATH, STATX_TYPE, &ast);
@@ -381,7 +398,7 @@ int kbox_binds_add(int root_fd, const char *host, const char *guest, int fd_at)
             p--;
         memcpy(parent, guest, p);
         parent[p] = 0;
-        long pfd = kbox_binds_walk(root_fd, -1, "/", parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0);
+        long pfd = kbox_binds_walk(root_fd, root_fd, "", -1, "/", parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0);
         if (pfd < 0)
             r = pfd;
         else

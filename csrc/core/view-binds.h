@@ -44,11 +44,13 @@ extern int kbox_view_nbinds;
 int kbox_binds_add(int root_fd, const char *host, const char *guest, int fd_at);
 
 /* openat2-like: `path` resolved in the view of `root_fd` with its binds and opened with
- * flags/mode (a final bind opens its source).  A relative path starts at `dirfd`, whose
- * guest path is `dir_guest` ("/" for the root).  `resolve`: the program's own RESOLVE_*
+ * flags/mode (a final bind opens its source).  Absolute paths (and absolute symlinks) start
+ * at `top_fd`, the directory at guest path `top` ("" for the root; a chroot's root,
+ * core/view-chroot.h), and `..` stops there.  A relative path starts at `dirfd`, whose guest
+ * path is `dir_guest` ("/" for the root); one outside `top` climbs up to the root.  `resolve`: the program's own RESOLVE_*
  * flags (NO_SYMLINKS, NO_MAGICLINKS, NO_XDEV, CACHED; a bind counts as a mount point).
  * The descriptor or -errno. */
-long kbox_binds_walk(int root_fd, int dirfd, const char *dir_guest, const char *path,
+long kbox_binds_walk(int root_fd, int top_fd, const char *top, int dirfd, const char *dir_guest, const char *path,
                      uint64_t flags, uint64_t mode, uint64_t resolve);
 
 /* The bind at the canonical guest path guest[0..n), or NULL. */

@@ -6,7 +6,7 @@
 #include <linux/fcntl.h>
 #include <linux/openat2.h>
 
-struct kbox_view kbox_view = { .root_fd = -1 };
+struct kbox_view kbox_view = { .root_fd = -1, .base_fd = -1, .chroot_fd_at = -1 };
 
 int kbox_view_init(const char *root, int fd_at)
 {
@@ -28,6 +28,10 @@ int kbox_view_init(const char *root, int fd_at)
     kbox_view.root[n] = 0;
     kbox_view.root_len = n;
     kbox_view.root_fd = (int)fd;
+    memcpy(kbox_view.base, root, n);
+    kbox_view.base[n] = 0;
+    kbox_view.base_len = n;
+    kbox_view.base_fd = (int)fd;
     return 0;
 }
 
@@ -141,14 +145,21 @@ long kbox_view_fd_host_path(int fd, char *host, size_t cap)
     return n;
 }
 
-long kbox_view_guest_dir(int dirfd, char *out, size_t cap)
+/* Directory `dirfd` (AT_FDCWD: the working directory) named by `name` (guest or outer path):
+ * 0, -EXDEV when it is outside, or -errno. */
+static long dir_named(int dirfd, char *out, size_t cap, long (*name)(const char *, char *, size_t))
 {
     char host[KBOX_VIEW_PATH_MAX];
     long n = dirfd == AT_FDCWD ? KSYS2(__NR_getcwd, host, sizeof(host))
                                : kbox_view_fd_host_path(dirfd, host, sizeof(host));
     if (n < 0)
         return n;
-    return kbox_view_guest_path(host, out, cap) < 0 ? -EXDEV : 0;
+    return name(host, out, cap) < 0 ? -EXDEV : 0;
+}
+
+long kbox_view_guest_dir(int dirfd, char *out, size_t cap)
+{
+    return dir_named(dirfd, out, cap, kbox_view_guest_path);
 }
 
 /* openat2 of a guest path confined to the view: absolute paths from the root; relative ones
@@ -158,10 +169,12 @@ static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t 
 {
     if (kbox_view_nbinds) {
         char g[KBOX_VIEW_PATH_MAX] = "/";
-        long r = path[0] == '/' ? 0 : kbox_view_guest_dir(dirfd, g, sizeof(g));
+        /* The walk keeps paths of the run's root (the binds'), from the chroot's root. */
+        long r = path[0] == '/' ? 0 : kbox_view_outer_dir(dirfd, g, sizeof(g));
         if (r < 0)
             return r == -EXDEV ? -EACCES : r; /* a directory outside the view: no way up */
-        return kbox_binds_walk(kbox_view.root_fd, dirfd, g, path, flags, mode, resolve);
+        const char *top = kbox_view.root_guest_len ? kbox_view.root_guest : "";
+        return kbox_binds_walk(kbox_view.base_fd, kbox_view.root_fd, top, dirfd, g, path, flags, mode, resolve);
     }
     if (path[0] == '/')
         return kbox_openat2(kbox_view.root_fd, path, flags, mode, RESOLVE_IN_ROOT | resolve);
@@ -176,7 +189,14 @@ static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t 
     if (r != -EXDEV || (resolve & RESOLVE_NO_XDEV))
         return r;
     char abs[KBOX_VIEW_PATH_MAX];
+    int from = kbox_view.root_fd;
     long g = kbox_view_guest_dir(dirfd, abs, sizeof(abs));
+    if (g == -EXDEV && kbox_view_chrooted()) {
+        /* A directory left outside a chroot: `..` climbs from it as the kernel's does, but
+         * no higher than the run's own root (view-chroot.h). */
+        g = kbox_view_outer_dir(dirfd, abs, sizeof(abs));
+        from = kbox_view.base_fd;
+    }
     if (g < 0)
         return g == -EXDEV ? -EACCES : g; /* a directory outside the view: no way up */
     struct kbox_buf b;
@@ -185,7 +205,7 @@ static long view_open_how(int dirfd, const char *path, uint64_t flags, uint64_t 
     kbox_buf_puts(&b, path);
     if (b.truncated)
         return -ENAMETOOLONG;
-    return kbox_openat2(kbox_view.root_fd, abs, flags, mode, RESOLVE_IN_ROOT | resolve);
+    return kbox_openat2(from, abs, flags, mode, RESOLVE_IN_ROOT | resolve);
 }
 
 static long view_open(int dirfd, const char *path, uint64_t flags, uint64_t mode)
@@ -197,6 +217,8 @@ int kbox_view_fd_inside(int fd)
 {
     char guest[KBOX_VIEW_PATH_MAX];
     long r = kbox_view_guest_dir(fd, guest, sizeof(guest));
+    if (r == -EXDEV && kbox_view_chrooted())
+        r = kbox_view_outer_dir(fd, guest, sizeof(guest)); /* left outside a chroot */
     return r == 0 ? 1 : r == -EXDEV ? 0 : (int)r;
 }
 
@@ -208,7 +230,7 @@ int kbox_view_cwd_allowed(int fd)
         return (int)n;
     if (kbox_view.private_proc[0] && has_prefix_dir(host, kbox_view.private_proc))
         return 0;
-    return kbox_view_guest_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
+    return kbox_view_outer_path(host, host, sizeof(host)) >= 0 || host_passthrough(host);
 }
 
 /* Paths the view leaves to the host (/proc, /dev, /sys) are walked by the kernel from the
@@ -402,10 +424,24 @@ int kbox_view_host_path(int dirfd, const char *path, bool follow, char *out, siz
     return b.truncated ? -ENAMETOOLONG : 0;
 }
 
-long kbox_view_guest_path(const char *host, char *out, size_t cap)
+/* Path p with the directory prefix[0..pl) taken off ("/" for the directory itself) into out
+ * (which may be p): its length, or -1 if p is not under it. */
+static long rest_under(const char *p, const char *prefix, size_t pl, char *out, size_t cap)
 {
-    size_t rl = kbox_view.root_len;
-    bool in_root = kbox_strncmp(host, kbox_view.root, rl) == 0 && (host[rl] == 0 || host[rl] == '/');
+    if (kbox_strncmp(p, prefix, pl) != 0 || (p[pl] != 0 && p[pl] != '/'))
+        return -1;
+    const char *rest = p[pl] ? p + pl : "/";
+    size_t n = kbox_strlen(rest);
+    if (n + 1 > cap)
+        return -1;
+    memmove(out, rest, n + 1);
+    return (long)n;
+}
+
+long kbox_view_outer_path(const char *host, char *out, size_t cap)
+{
+    size_t rl = kbox_view.base_len;
+    bool in_root = kbox_strncmp(host, kbox_view.base, rl) == 0 && (host[rl] == 0 || host[rl] == '/');
     const struct kbox_view_bind *bind = kbox_view_nbinds ? kbox_binds_holding(host) : NULL;
     if (bind && (!in_root || bind->host_len > rl)) {
         /* The source nearest to it: a bind of a directory inside the root, or a root
@@ -418,14 +454,23 @@ long kbox_view_guest_path(const char *host, char *out, size_t cap)
         memcpy(out, bind->guest, bind->guest_len);
         return (long)(bind->guest_len + n);
     }
-    if (!in_root)
-        return -1;
-    const char *rest = host[rl] ? host + rl : "/";
-    size_t n = kbox_strlen(rest);
-    if (n + 1 > cap)
-        return -1;
-    memmove(out, rest, n + 1);
-    return (long)n;
+    return in_root ? rest_under(host, kbox_view.base, rl, out, cap) : -1;
+}
+
+long kbox_view_outer_dir(int dirfd, char *out, size_t cap)
+{
+    return dir_named(dirfd, out, cap, kbox_view_outer_path);
+}
+
+long kbox_view_guest_path(const char *host, char *out, size_t cap)
+{
+    size_t pl = kbox_view.root_guest_len;
+    if (!pl)
+        return kbox_view_outer_path(host, out, cap);
+    /* Under a chroot: its path in the run's root, less the chroot's own. */
+    char g[KBOX_VIEW_PATH_MAX];
+    long n = kbox_view_outer_path(host, g, sizeof(g));
+    return n < 0 ? -1 : rest_under(g, kbox_view.root_guest, pl, out, cap);
 }
 
 const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path)
@@ -449,7 +494,7 @@ const struct kbox_view_bind *kbox_view_bind_named(int dirfd, const char *path)
     long fd = view_open(dirfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
-    long r = kbox_view_guest_dir((int)fd, g, sizeof(g));
+    long r = kbox_view_outer_dir((int)fd, g, sizeof(g)); /* binds are named in the run's root */
     kbox_close((int)fd);
     if (r < 0)
         return NULL;

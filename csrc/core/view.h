@@ -26,6 +26,17 @@ struct kbox_view {
     int root_fd;                 /* O_PATH directory of the root; -1: no view */
     char root[KBOX_VIEW_PATH_MAX]; /* its canonical host path, no trailing '/' ("" for "/") */
     size_t root_len;
+    /* The root the run was started with (--root).  A chroot inside the view
+     * (core/view-chroot.h) moves root_fd/root to a directory inside it; this one still
+     * bounds every walk. */
+    int base_fd;
+    char base[KBOX_VIEW_PATH_MAX];
+    size_t base_len;
+    int chroot_fd_at;            /* where the in-process tiers keep a chroot's root (-1: anywhere) */
+    /* The root's path in the run's root ("" without a chroot): the binds' guest paths, and
+     * every path the view reports, are the run's root's paths with this taken off. */
+    char root_guest[KBOX_VIEW_PATH_MAX];
+    size_t root_guest_len;
     /* A host /proc directory no walk may reach or pass through: the seccomp supervisor's
      * own ("/proc/<pid>"), since it walks the program's /proc paths as itself. */
     char private_proc[24];
@@ -33,6 +44,9 @@ struct kbox_view {
 extern struct kbox_view kbox_view;
 
 static inline bool kbox_view_on(void) { return kbox_view.root_fd >= 0; }
+
+/* Whether a chroot inside the view moved the root below the run's own. */
+static inline bool kbox_view_chrooted(void) { return kbox_view_on() && kbox_view.root_fd != kbox_view.base_fd; }
 
 /* Opens the root (a canonical absolute host path) and keeps its descriptor at `fd_at` if
  * that number is free; 0 or -errno. */
@@ -71,6 +85,15 @@ long kbox_view_guest_dir(int dirfd, char *out, size_t cap);
 /* The guest path for a host path (inside a bind: the bind's guest path in front): the part after the root, "/" for the root itself; the
  * length written, or -1 if `host` is outside the root (left unchanged). */
 long kbox_view_guest_path(const char *host, char *out, size_t cap);
+
+/* After a chroot inside the view (core/view-chroot.h) the run's own root still bounds
+ * everything.  The path of host path `host` in it ("/" for the root itself; inside a bind:
+ * the bind's guest path in front), written to out (which may be host); its length, or -1 if
+ * outside (left unchanged).  Without a chroot this is kbox_view_guest_path. */
+long kbox_view_outer_path(const char *host, char *out, size_t cap);
+
+/* The same for directory `dirfd`: 0, -EXDEV outside the run's root, or -errno. */
+long kbox_view_outer_dir(int dirfd, char *out, size_t cap);
 
 /* Binds (core/view-binds.h): adds one, HOST shown at GUEST (canonical paths); 0 or -errno
  * (-EINVAL also for a guest path in /proc, /dev or /sys, which are the host's already). */

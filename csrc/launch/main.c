@@ -13,6 +13,8 @@
  *   --root-id=FILE   (with --root: fake root ids and ownership, recorded in FILE; core/ids.h)
  *   --root-record=FILE   (with --root: FILE's owners and modes shown by stat, ids not faked;
  *                    an image root's record, kbox/ext4image.py; core/ids.h)
+ *   --chroot=DIR   (internal, with --root: a chroot inside the view, DIR a path in the root;
+ *                   core/view-chroot.h)
  *   --shared-fd=N --relaunch --exec-path=PATH --cwd-fd=N   (internal: execve re-launch)
  * Exit status: the program's (128+N if signal N killed it); 2 for usage errors; 126/127 if
  * the program cannot be executed / is not found; 125 for kbox's own failures.
@@ -24,6 +26,7 @@
 #include "core/policy.h"
 #include "core/shared.h"
 #include "core/view.h"
+#include "core/view-chroot.h"
 #include "lib/buf.h"
 #include "lib/str.h"
 #include "lib/sys.h"
@@ -176,7 +179,7 @@ static int launcher_main(uint64_t *sp)
     policy.trace_fd = -1;
 
     enum mode mode = MODE_TRAP;
-    const char *trace_output = NULL, *exec_path = NULL, *root = NULL, *workdir = NULL, *v;
+    const char *trace_output = NULL, *exec_path = NULL, *root = NULL, *workdir = NULL, *chroot_dir = NULL, *v;
     bool allow_wx = false;
     int nsaved = 0, i;
     /* --bind=HOST --bind-at=GUEST pairs (canonical paths, checked by kbox run). */
@@ -271,6 +274,9 @@ static int launcher_main(uint64_t *sp)
             root_id_file = v;
             if (!policy.root_id)
                 record_opt = "--root-record ";
+        } else if (opt_value(a, "--chroot", &v)) {
+            chroot_dir = v;
+            keep = false; /* an execve passes on the chroot it is made in (exec.c) */
         } else if (opt_value(a, "--workdir", &v)) {
             workdir = v;
             keep = false; /* the working directory carries over an execve by itself */
@@ -333,7 +339,15 @@ static int launcher_main(uint64_t *sp)
         }
         if (!launch.relaunch && start_in(workdir ? workdir : "/") < 0)
             return KBOX_EXIT_USAGE;
+        /* Below the root's and the seccomp tier's cwd (3): the one spare. */
+        kbox_view.chroot_fd_at = high_fd(4);
+        if (chroot_dir && (r = kbox_view_chroot_to(chroot_dir)) < 0) {
+            kbox_err("--chroot ", chroot_dir, ": cannot make it the root");
+            return KBOX_EXIT_USAGE;
+        }
     }
+    if (chroot_dir && !root)
+        usage("--chroot needs --root", NULL);
 
     if (policy.root_record && !root)
         usage(record_opt, "needs --root");

@@ -7,7 +7,7 @@
 
 long kbox_proc_status_field(int tid, const char *field, int base, long *out)
 {
-    char p[48], buf[2048];
+    char p[48], buf[4096]; /* CapEff: lies past 2 KiB with many groups */
     struct kbox_buf b;
     kbox_buf_init(&b, p, sizeof(p));
     kbox_buf_puts(&b, "/proc/");
@@ -25,9 +25,12 @@ long kbox_proc_status_field(int tid, const char *field, int base, long *out)
     for (long i = 0; i + (long)fl < n; i++) {
         if ((i == 0 || buf[i - 1] == '\n') && kbox_strncmp(buf + i, field, fl) == 0) {
             long v = 0;
-            for (long j = i + (long)fl; j < n && buf[j] != '\n'; j++)
-                if (buf[j] >= '0' && buf[j] < '0' + base)
-                    v = v * base + (buf[j] - '0');
+            for (long j = i + (long)fl; j < n && buf[j] != '\n'; j++) {
+                char ch = buf[j];
+                int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : 99;
+                if (d < base)
+                    v = v * base + d;
+            }
             *out = v;
             return 0;
         }

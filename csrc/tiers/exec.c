@@ -11,6 +11,7 @@
 #include "tiers/runtime.h"
 #include "core/mem.h"
 #include "core/view.h"
+#include "core/view-chroot.h"
 #include "loader/loader.h"
 #include "lib/buf.h"
 #include "lib/str.h"
@@ -174,6 +175,14 @@ int64_t kbox_run_execve(const struct kbox_req *req, const uint64_t *a)
         nargv[k++] = L->launcher_opts[i];
     nargv[k++] = "--relaunch";
     nargv[k++] = optbuf;
+    char chroot_opt[sizeof("--chroot=") + 4096];
+    long co = kbox_view_chroot_opt(chroot_opt, sizeof(chroot_opt));
+    if (co < 0) {
+        kbox_munmap(nargv, bytes);
+        return co;
+    }
+    if (co > 0)
+        nargv[k++] = chroot_opt; /* the chroot this process is in (core/view-chroot.h) */
     nargv[k++] = "--";
     if (argc == 0)
         nargv[k++] = path; /* execve with an empty argv: give the program its path */

@@ -53,6 +53,16 @@ static inline bool kbox_path_takes_empty(int nr)
     return nr == __NR_newfstatat || nr == __NR_statx || nr == __NR_fchownat;
 }
 
+/* readlink and readlinkat: the path is followed by (buf, bufsiz). */
+static inline bool kbox_path_is_readlink(int nr)
+{
+#ifdef __NR_readlink
+    if (nr == __NR_readlink)
+        return true;
+#endif
+    return nr == __NR_readlinkat;
+}
+
 /* Calls that remove or rename the object their path names: on a bind of the root view they
  * fail with EBUSY, as on a mount point. */
 static inline bool kbox_path_removes(int nr)

@@ -14,18 +14,20 @@
 
 const char kbox_sg_self_exe[] = "/proc/self/exe";
 
-/* close_range around the working-directory descriptor, which the program must not close
- * (the supervisor refuses a range that covers it). */
+/* close_range around the working-directory descriptor and the chroot root's below it
+ * (seccomp-chroot.h), which the program must not close (the supervisor refuses a range that
+ * covers either). */
 static int64_t close_range_around(const uint64_t *a)
 {
-    unsigned lo = (unsigned)a[0], hi = (unsigned)a[1], keep = (unsigned)kbox_rt.launch->cwd_fd;
-    if (lo > hi || keep < lo || keep > hi)
+    unsigned lo = (unsigned)a[0], hi = (unsigned)a[1], keep_hi = (unsigned)kbox_rt.launch->cwd_fd;
+    unsigned keep_lo = keep_hi - 1;
+    if (lo > hi || keep_hi < lo || keep_lo > hi)
         return KSYS3(__NR_close_range, lo, hi, a[2]);
     long r = 0;
-    if (keep > lo)
-        r = KSYS3(__NR_close_range, lo, keep - 1, a[2]);
-    if (r == 0 && keep < hi)
-        r = KSYS3(__NR_close_range, keep + 1, hi, a[2]);
+    if (keep_lo > lo)
+        r = KSYS3(__NR_close_range, lo, keep_lo - 1, a[2]);
+    if (r == 0 && keep_hi < hi)
+        r = KSYS3(__NR_close_range, keep_hi + 1, hi, a[2]);
     return r;
 }
 

@@ -23,7 +23,7 @@ long kbox_sview_dir_of(const struct kbox_sview_run *run, int tid, int fd)
 {
     if (fd == AT_FDCWD)
         fd = run->cwd_fd;
-    else if (fd < 0 || fd == run->cwd_fd)
+    else if (fd < 0 || fd == run->cwd_fd || fd == run->cwd_fd - 1 /* a chroot's root */)
         return -EBADF;
     char p[64];
     struct kbox_buf b;

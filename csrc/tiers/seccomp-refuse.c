@@ -2,6 +2,7 @@
  * trust (execve of kbox's "/proc/self/exe") stays what it is, and the program cannot reach
  * around the view (the table in docs/tiers.md, *The root view in the seccomp tier*). */
 #include "tiers/seccomp-view.h"
+#include "tiers/seccomp-chroot.h"
 #include "tiers/seccomp-guest.h"
 #include "lib/sys.h"
 #include <linux/errno.h>
@@ -26,16 +27,17 @@ static bool refuse(const struct kbox_sview *sv, const struct kbox_req *req, int6
 {
     const uint64_t *a = req->args;
     uint64_t lo = sv->image_lo, hi = sv->image_hi;
-    int cwd = sv->run.cwd_fd;
+    /* The working directory's descriptor and, below it, a chroot's root (seccomp-chroot.h). */
+    int cwd = sv->run.cwd_fd, root = kbox_sview_root_slot(&sv->run);
     switch (req->nr) {
     case __NR_close:
-        if ((int)a[0] != cwd)
+        if ((int)a[0] != cwd && (int)a[0] != root)
             return false;
         *ret = 0; /* kept: the program believes it closed it */
         return true;
     case __NR_close_range:
-        /* From the gate (seccomp-guest.c splits the program's ranges around it). */
-        if ((unsigned)a[0] > (unsigned)cwd || (unsigned)a[1] < (unsigned)cwd)
+        /* From the gate (seccomp-guest.c splits the program's ranges around them). */
+        if ((unsigned)a[0] > (unsigned)cwd || (unsigned)a[1] < (unsigned)root)
             return false;
         *ret = -EPERM;
         return true;
@@ -43,12 +45,12 @@ static bool refuse(const struct kbox_sview *sv, const struct kbox_req *req, int6
     case __NR_dup2:
 #endif
     case __NR_dup3:
-        if ((int)a[1] != cwd)
+        if ((int)a[1] != cwd && (int)a[1] != root)
             return false;
         *ret = -EBADF;
         return true;
     case __NR_fcntl:
-        if ((int)a[0] != cwd || (int)a[1] != F_SETFD)
+        if (((int)a[0] != cwd && (int)a[0] != root) || (int)a[1] != F_SETFD)
             return false;
         *ret = 0; /* stays open across exec */
         return true;
@@ -109,8 +111,7 @@ static bool refuse(const struct kbox_sview *sv, const struct kbox_req *req, int6
     case __NR_mount_setattr:
     case __NR_mount:
     case __NR_umount2:
-    case __NR_pivot_root:
-    case __NR_chroot:
+    case __NR_pivot_root: /* no mount namespace: what an unprivileged caller gets */
     case __NR_swapon:
     case __NR_swapoff:
     case __NR_acct:

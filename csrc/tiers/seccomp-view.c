@@ -24,8 +24,12 @@
  * /dev/fd and /dev/std* are rewritten to name the caller, /proc/PID/cwd names the
  * descriptor that is its working directory and /proc/PID/exe the program (kbox_rt's
  * guest_exe in that process), and no walk may reach the supervisor's own /proc entry.
+ *
+ * A process that made a chroot has its own root (seccomp-chroot.c): the view's root is
+ * switched to it while its call is served.
  */
 #include "tiers/seccomp-view.h"
+#include "tiers/seccomp-chroot.h"
 #include "tiers/seccomp-guest.h"
 #include "tiers/seccomp-proc.h"
 #include "tiers/seccomp-sock.h"
@@ -33,6 +37,7 @@
 #include "tiers/runtime.h"
 #include "core/mem.h"
 #include "core/view.h"
+#include "core/view-chroot.h"
 #include "lib/buf.h"
 #include "lib/self.h"
 #include "lib/str.h"
@@ -171,9 +176,11 @@ static long guest_link(char *buf, long len, size_t cap)
         return len;
     memcpy(host, buf, (size_t)len);
     host[len] = 0;
-    long g = kbox_view_guest_path(host, host, sizeof(host));
-    if (g < 0 || (size_t)g > cap)
+    long g = kbox_view_report_path(host, host, sizeof(host), false);
+    if (g < 0)
         return len;
+    if ((size_t)g > cap)
+        g = (long)cap; /* readlink truncates */
     memcpy(buf, host, (size_t)g);
     return g;
 }
@@ -394,7 +401,7 @@ static int64_t serve_getcwd(const struct kbox_sview *sv, const struct kbox_req *
     long n = kbox_view_fd_host_path((int)fd, host, PATH_CAP);
     if (n < 0)
         return n;
-    long g = kbox_view_guest_path(host, host, PATH_CAP);
+    long g = kbox_view_report_path(host, host, PATH_CAP, true);
     if (g >= 0)
         n = g;
     if ((uint64_t)n + 1 > req->args[1])
@@ -428,6 +435,15 @@ static int64_t serve_path_call(const struct kbox_sview *sv, const struct kbox_re
             long r = resolve_arg(sv, req, shown, e, i, k, follow, &dirfd, &exe, &resolved);
             if (r < 0)
                 return r;
+            if (kbox_path_is_readlink(req->nr) && kbox_view_root_link(c.guest[k])) {
+                /* The view's root, as the process sees its root. */
+                size_t len = 1;
+                if ((int)a[i + 2] <= 0)
+                    return -EINVAL;
+                if (req->mem->write(req->mem, a[i + 1], "/", len) != (long)len)
+                    return -EFAULT;
+                return (int64_t)len;
+            }
             if (exe) {
                 if (req->nr == __NR_readlinkat
 #ifdef __NR_readlink
@@ -552,6 +568,20 @@ static int64_t serve_path_call(const struct kbox_sview *sv, const struct kbox_re
     return r;
 }
 
+/* chdir's and chroot's path: read into c.guest[0], as the supervisor walks it into c.proc[0],
+ * with *dirfd the caller's working directory for a relative one (else AT_FDCWD); 0 or -errno. */
+static long dir_arg(const struct kbox_sview *sv, const struct kbox_req *req, long *dirfd)
+{
+    bool exe;
+    *dirfd = AT_FDCWD;
+    long r = read_str(req, req->args[0], c.guest[0], PATH_CAP);
+    if (r >= 0)
+        r = kbox_sview_as_caller(&sv->run, req->pid, req->tid, c.guest[0], c.proc[0], PATH_CAP, c.link, sizeof(c.link), &exe);
+    if (r >= 0 && c.proc[0][0] != '/')
+        r = *dirfd = grab_dir(sv, req->tid, AT_FDCWD);
+    return r < 0 ? r : 0;
+}
+
 static bool is_path_call(const struct kbox_sview *sv, int nr, const struct kbox_sysent *e)
 {
     /* --root-id: fstat, fchown and fchmod are served too (their results are the record's). */
@@ -563,12 +593,34 @@ static bool is_path_call(const struct kbox_sview *sv, int nr, const struct kbox_
     return false;
 }
 
+static enum kbox_sview_action serve(struct kbox_sview *sv, const struct kbox_req *req, uint64_t id,
+                                    int64_t *ret, struct kbox_req *shown);
+
 enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox_req *req, uint64_t id,
                                         int64_t *ret, struct kbox_req *shown)
 {
     *shown = *req;
     if (kbox_sview_refuse(sv, req, ret))
         return KBOX_SV_RESULT;
+    const struct kbox_sysent *e = kbox_sysent(req->nr);
+    if (!(e && (e->props & KBOX_SC_SOCKADDR)) &&
+        (!e || !e->name || !is_path_call(sv, req->nr, e) || (e->props & KBOX_SC_EXEC)))
+        return KBOX_SV_CONTINUE;
+    int root;
+    int r = kbox_schroot_enter(&sv->run, req->tid, &root);
+    if (r < 0) {
+        *ret = r;
+        return KBOX_SV_RESULT;
+    }
+    enum kbox_sview_action act = serve(sv, req, id, ret, shown);
+    kbox_schroot_leave(root);
+    return act;
+}
+
+/* A call with a path or a socket address, in the caller's root. */
+static enum kbox_sview_action serve(struct kbox_sview *sv, const struct kbox_req *req, uint64_t id,
+                                    int64_t *ret, struct kbox_req *shown)
+{
     const struct kbox_sysent *e = kbox_sysent(req->nr);
     if (e && (e->props & KBOX_SC_SOCKADDR)) {
         /* Socket addresses (AF_UNIX paths inside the view): seccomp-sock.c. */
@@ -580,8 +632,6 @@ enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox
         }
         return answered ? KBOX_SV_ANSWERED : KBOX_SV_RESULT;
     }
-    if (!e || !e->name || !is_path_call(sv, req->nr, e) || (e->props & KBOX_SC_EXEC))
-        return KBOX_SV_CONTINUE;
     /* utimensat(fd, NULL, ...) acts on the descriptor: no path to race. */
     if (req->nr == __NR_utimensat && !req->args[1])
         return KBOX_SV_CONTINUE;
@@ -595,14 +645,14 @@ enum kbox_sview_action kbox_sview_serve(struct kbox_sview *sv, const struct kbox
         *ret = serve_getcwd(sv, req, shown);
     } else if (req->nr == __NR_fchdir) {
         *ret = set_cwd(sv, id, (int)req->args[0] < 0 ? -EBADF : grab_dir(sv, req->tid, (int)req->args[0]));
+    } else if (req->nr == __NR_chroot) {
+        long dirfd;
+        long r = dir_arg(sv, req, &dirfd);
+        *ret = r < 0 ? r : kbox_schroot_serve(sv->listener, &sv->run, sv->ids, req, id, dirfd, c.proc[0]);
+        shown->args[0] = (uint64_t)(uintptr_t)c.guest[0];
     } else if (req->nr == __NR_chdir) {
-        bool exe;
-        long r = read_str(req, req->args[0], c.guest[0], PATH_CAP);
-        if (r >= 0)
-            r = kbox_sview_as_caller(&sv->run, req->pid, req->tid, c.guest[0], c.proc[0], PATH_CAP, c.link, sizeof(c.link), &exe);
-        long dirfd = AT_FDCWD;
-        if (r >= 0 && c.proc[0][0] != '/')
-            r = dirfd = grab_dir(sv, req->tid, AT_FDCWD);
+        long dirfd;
+        long r = dir_arg(sv, req, &dirfd);
         if (r >= 0) {
             r = kbox_view_openat((int)dirfd, c.proc[0], O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
             keep_fd(r);

@@ -345,12 +345,13 @@ static __attribute__((noreturn)) void become_guest(struct kbox_launch *L)
     kbox_rt.launch = L;
     kbox_own_fd[0] = L->policy->trace ? L->policy->trace_fd : -1;
     kbox_own_fd[1] = L->shared_fd;
-    kbox_own_fd[2] = kbox_view.root_fd;
-    _Static_assert(KBOX_OWN_FDS == 3 + 2 * KBOX_VIEW_BINDS_MAX, "two own descriptors per bind");
+    kbox_own_fd[2] = kbox_view.base_fd;
+    _Static_assert(KBOX_OWN_FDS == 3 + 2 * KBOX_VIEW_BINDS_MAX + 1, "two own descriptors per bind, a chroot's root");
     for (int b = 0; b < kbox_view_nbinds; b++) {
         kbox_own_fd[3 + 2 * b] = kbox_view_binds[b].fd;
         kbox_own_fd[4 + 2 * b] = kbox_view_binds[b].parent_fd;
     }
+    kbox_own_fd[KBOX_OWN_FD_CHROOT] = kbox_view_chrooted() ? kbox_view.root_fd : -1;
     compute_fast_paths(L->policy);
     if (L->rewrite)
         kbox_rewrite_enable(kbox_trap_fast, KBOX_NR_MAX, kbox_own_fd);

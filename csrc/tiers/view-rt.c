@@ -10,6 +10,9 @@
  *
  * AF_UNIX socket addresses (the calls with KBOX_SC_SOCKADDR) are translated by view-sock.c.
  *
+ * chroot is served here (core/view-chroot.h): the view's root in this process's memory
+ * moves, so a fork copies it and threads share it; exec.c passes it on to the next image.
+ *
  * The in-process tiers translate a cooperative program's paths exactly; a program that races
  * its own path buffers or makes calls from code kbox has not seen is not contained (see
  * docs/tiers.md).
@@ -18,6 +21,7 @@
 #include "tiers/runtime.h"
 #include "tiers/pathargs.h"
 #include "core/mem.h"
+#include "core/view-chroot.h"
 #include "lib/str.h"
 #include <linux/errno.h>
 #include <linux/fcntl.h>
@@ -34,6 +38,24 @@ bool kbox_view_touches(int nr)
         if (e->arg[i] == KA_PATH)
             return true;
     return false;
+}
+
+/* chroot(path): the directory becomes the view's root (view-chroot.h). */
+static int64_t view_chroot(const struct kbox_req *req, const char *path)
+{
+    const struct kbox_policy *p = kbox_rt.policy;
+    long fd = kbox_view_chroot_open(AT_FDCWD, path, p->root_id ? &p->shared->ids : NULL, req,
+                                    (int)kbox_gettid());
+    if (fd < 0)
+        return fd;
+    int r = kbox_view_use_root((int)fd, true);
+    if (r < 0) {
+        kbox_close((int)fd);
+        return r;
+    }
+    /* The runtime's own descriptors: the program cannot close the new root. */
+    kbox_own_fd[KBOX_OWN_FD_CHROOT] = kbox_view_chrooted() ? kbox_view.root_fd : -1;
+    return 0;
 }
 
 /* The open family, served: the descriptor comes straight from the confined resolution. */
@@ -95,6 +117,25 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
             *ret = view_open(req, a, guest);
             return true;
         }
+        if (req->nr == __NR_chroot) {
+            *ret = view_chroot(req, guest);
+            return true;
+        }
+        if (req->nr == __NR_pivot_root) {
+            /* The view has no mounts to move (as seccomp-refuse.c). */
+            *ret = -EPERM;
+            return true;
+        }
+        if (kbox_path_is_readlink(req->nr) && kbox_view_root_link(guest)) {
+            /* The view's root, as the process sees its root. */
+            if ((int)a[i + 2] <= 0) {
+                *ret = -EINVAL;
+                return true;
+            }
+            uint64_t len = 1;
+            *ret = kbox_rt.self_mem.write(&kbox_rt.self_mem, a[i + 1], "/", len) == (long)len ? (int64_t)len : -EFAULT;
+            return true;
+        }
         bool follow = kbox_path_follows(req->nr, e, a, i);
         if (!follow && kbox_path_removes(req->nr) && kbox_view_bind_named(kbox_path_dirfd(e, a, i), guest)) {
             *ret = -EBUSY;
@@ -131,9 +172,11 @@ bool kbox_view_enter(const struct kbox_req *req, struct kbox_answer *ans, struct
     return false;
 }
 
-/* Rewrites the host path the kernel wrote at `addr` (`len` bytes, NUL included when `nul`)
- * into a guest path; returns the new length (as the call reports it), or `len` unchanged. */
-static int64_t guest_result(uint64_t addr, int64_t len, bool nul)
+/* Rewrites the host path the kernel wrote at `addr` (`len` bytes, NUL included when `nul`:
+ * getcwd's) into a guest path; returns the new length (as the call reports it), or `len`
+ * unchanged.  A guest path can be longer than the host one (getcwd's "(unreachable)" outside
+ * a chroot): getcwd then fails with ERANGE and readlink truncates at `cap`, as the kernel's. */
+static int64_t guest_result(uint64_t addr, int64_t len, bool nul, uint64_t cap)
 {
     char host[KBOX_VIEW_PATH_MAX + 1];
     if (len <= 0 || len > KBOX_VIEW_PATH_MAX)
@@ -141,10 +184,15 @@ static int64_t guest_result(uint64_t addr, int64_t len, bool nul)
     if (kbox_rt.self_mem.read(&kbox_rt.self_mem, addr, host, (size_t)len) != len)
         return len;
     host[len] = 0;
-    long g = kbox_view_guest_path(host, host, sizeof(host));
+    long g = kbox_view_report_path(host, host, sizeof(host), nul /* getcwd */);
     if (g < 0)
         return len;
     size_t out = (size_t)g + (nul ? 1 : 0);
+    if (out > cap) {
+        if (nul)
+            return -ERANGE;
+        out = (size_t)cap;
+    }
     if (kbox_rt.self_mem.write(&kbox_rt.self_mem, addr, host, out) != (long)out)
         return len;
     return (int64_t)out;
@@ -162,7 +210,7 @@ void kbox_view_leave(const struct kbox_req *req, const struct kbox_answer *ans,
     if (*ret < 0)
         return;
     if (req->nr == __NR_getcwd) {
-        *ret = guest_result(req->args[0], *ret, true);
+        *ret = guest_result(req->args[0], *ret, true, req->args[1]);
         return;
     }
     int pi = -1;
@@ -177,6 +225,6 @@ void kbox_view_leave(const struct kbox_req *req, const struct kbox_answer *ans,
         char p[8];
         if (kbox_mem_read_str(&kbox_rt.self_mem, req->args[pi], p, sizeof(p)) >= 6 &&
             kbox_strncmp(p, "/proc/", 6) == 0)
-            *ret = guest_result(ans->args[pi + 1], *ret, false);
+            *ret = guest_result(ans->args[pi + 1], *ret, false, ans->args[pi + 2]);
     }
 }

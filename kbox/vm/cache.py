@@ -108,6 +108,30 @@ def verify(entry: Path, *, checksums: bool = True) -> str | None:
     return None
 
 
+# Pruning keeps an older entry (another key of the same arch and kernel) that some kbox used
+# this recently: two checkouts, or CI beside a developer's tree, each have their own key and
+# would otherwise delete each other's entries, even mid-build.
+KEEP_RECENT_S = 12 * 3600.0
+USED = ".used"
+
+
+def mark_used(entry: Path) -> None:
+    """Records that `entry` is in use now (its .used file's mtime)."""
+    with contextlib.suppress(OSError):
+        (entry / USED).touch()
+
+
+def recently_used(entry: Path, within: float | None = None) -> bool:
+    """Whether `entry` was built or marked used within the last `within` seconds (default
+    KEEP_RECENT_S)."""
+    within = KEEP_RECENT_S if within is None else within
+    newest = 0.0
+    for p in (entry / USED, entry / MANIFEST, entry):
+        with contextlib.suppress(OSError):
+            newest = max(newest, p.stat().st_mtime)
+    return time.time() - newest < within
+
+
 def remove_entry(entry: Path) -> None:
     """Delete an entry so that readers never see it half-deleted: rename first, then remove."""
     if not entry.exists():

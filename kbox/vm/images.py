@@ -429,6 +429,7 @@ def _ensure_base(a: Arch, choice: KernelChoice, rebuild: bool, progress: bool,
             with cache.building(entry, {"kind": "base", "arch": a.name, "kernel": tag}) as tmp:
                 _build_base(a, tag, resolved, tmp, progress)
             _prune_siblings(entry)
+        cache.mark_used(entry)
     return entry, json.loads((entry / "info.json").read_text())
 
 
@@ -536,10 +537,12 @@ def _write_initrd(a: Arch, base: Path, trees: list[Path], entry_tmp: Path) -> No
 
 
 def _prune_siblings(entry: Path) -> None:
-    """Drop older entries of the same arch/kernel: only the newest inputs are worth keeping."""
+    """Drop older entries of the same arch/kernel that nothing used lately (another checkout's
+    key may be in use beside this one: cache.KEEP_RECENT_S)."""
     prefix = entry.name.rsplit("-", 1)[0] + "-"
     for p in entry.parent.iterdir():
-        if p != entry and p.name.startswith(prefix) and p.name.count("-") == entry.name.count("-"):
+        if p != entry and p.name.startswith(prefix) and p.name.count("-") == entry.name.count("-") \
+                and not cache.recently_used(p):
             cache.remove_entry(p)
 
 
@@ -578,6 +581,7 @@ def ensure_image(arch: str, kernel: str, *, rebuild: bool = False,
                 _build_kbox_layer(a, base, tmp, progress)
             _prune_siblings(entry)
             built = True
+        cache.mark_used(entry)
     info = json.loads((entry / "info.json").read_text())
     timing.record("image", arch=a.name, kernel=tag, seconds=time.monotonic() - t0, built=built)
     return Image(
@@ -636,6 +640,7 @@ def ensure_local_image(kernel_image: Path, arch: str | None = None,
                 _build_local(a, lk, mods, host, tmp, kernel_file, share_mods,
                              share_missing)
             _prune_siblings(entry)
+        cache.mark_used(entry)
     timing.record("image", arch=a.name, kernel="local", seconds=time.monotonic() - t0,
                   built=False)
     return dataclasses.replace(host, kernel="local", kernel_version=lk.release,

@@ -527,7 +527,7 @@ def _prune_siblings(entry: Path) -> None:
     prefix = entry.name.rsplit("-", 1)[0] + "-"
     for p in entry.parent.iterdir():
         if p != entry and p.name.startswith(prefix) and not p.name.startswith(".") \
-                and p.name.count("-") == entry.name.count("-"):
+                and p.name.count("-") == entry.name.count("-") and not cache.recently_used(p):
             if p.is_dir():
                 cache.remove_entry(p)
             else:
@@ -652,6 +652,7 @@ def _restore(image: ImageLike, entry: Path, key: dict[str, Any], vm_kw: dict[str
             drop((read_meta(entry) or {}).get("created"))
         return None
     created = (read_meta(entry) or {}).get("created")
+    cache.mark_used(entry)
     try:
         return _boot(RestoredVM, image, vm_kw, entry)
     except StateRejected as exc:
