@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -167,7 +168,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 125  # not reached
 
 
-def make_parser() -> argparse.ArgumentParser:
+# Who registers each top-level command: (module, function). `kbox vm run` imports only
+# kbox.vm.cli, not pyelftools and capstone (kbox analyze, 0.11 s) or the others: a warm VM
+# start is about a second, and building every parser was a tenth of it.
+_REGISTRARS = {
+    "analyze": ("kbox.analyze", "add_analyze_command"),
+    "bench": ("kbox.bench", "add_bench_command"),
+    "rootfs": ("kbox.root_debian", "add_rootfs_command"),
+    "image": ("kbox.ext4image", "add_image_command"),
+    "vm": ("kbox.vm.cli", "add_vm_commands"),
+    "doctor": ("kbox.vm.cli", "add_vm_commands"),
+}
+
+
+def _wanted_command(argv: list[str]) -> str | None:
+    """The subcommand argv names (its first word that is not an option), if it is one."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word == "run" or word in _REGISTRARS else None
+    return None
+
+
+def make_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The kbox parser; with `only`, just that subcommand's parser is built (the others'
+    modules are not imported), else all of them (kbox --help, a mistyped command)."""
     parser = argparse.ArgumentParser(
         prog="kbox",
         description="Run unmodified Linux programs with every system call interposed "
@@ -178,29 +204,27 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kbox {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
-    add_run_command(sub)
-    from kbox.analyze import add_analyze_command
-    from kbox.bench import add_bench_command
-
-    add_analyze_command(sub)
-    add_bench_command(sub)
-    from kbox.root_debian import add_rootfs_command
-
-    add_rootfs_command(sub)
-    from kbox.ext4image import add_image_command
-
-    add_image_command(sub)
-    try:
-        from kbox.vm.cli import add_vm_commands
-    except ImportError:  # the VM stack needs paramiko/pexpect; run/analyze/bench do not
-        pass
-    else:
-        add_vm_commands(sub)
+    if only in (None, "run"):
+        add_run_command(sub)
+    done = set()
+    for name, (module, function) in _REGISTRARS.items():
+        if only not in (None, name) or (module, function) in done:
+            continue
+        done.add((module, function))
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # the VM stack needs paramiko/pexpect; run/analyze/bench do not
+            if module != "kbox.vm.cli":
+                raise
+            continue
+        getattr(mod, function)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = make_parser(only=_wanted_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from kbox.errors import UserError
-from kbox.kernel_caps import FeatureProbeFailed, run_feature_probe
 from kbox.vm.accel import ACCELS, host_can_kvm, resolve_accel
 from kbox.vm.arch import ARCHES, KERNELS, Arch
 from kbox.vm.machine import VM, VMError, stream_sinks
@@ -309,6 +308,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"host: {host}, Linux {platform.release()}, {os.cpu_count()} CPUs")
     for arch in ARCHES.values():
         good &= _doctor_arch(arch, host)
+    from kbox.kernel_caps import FeatureProbeFailed, run_feature_probe  # pyelftools: doctor only
     try:
         feats = run_feature_probe(timeout=20)
     except FeatureProbeFailed as exc:

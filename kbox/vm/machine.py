@@ -35,10 +35,10 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import BinaryIO, Protocol
 
-import paramiko
 
 from kbox.errors import UserError
 from kbox.vm import ssh as sshmod
+from kbox.vm.ssh import paramiko
 from kbox.vm import timing
 from kbox.vm.accel import Accel, cache_dir, resolve_accel
 from kbox.vm.arch import Arch, get_arch

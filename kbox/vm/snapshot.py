@@ -53,10 +53,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import paramiko
 
 from kbox.vm import cache, timing
 from kbox.vm import ssh as sshmod
+from kbox.vm.ssh import paramiko
 from kbox.vm.accel import Accel, resolve_accel
 from kbox.vm.arch import get_arch
 from kbox.vm.machine import (
@@ -576,6 +576,7 @@ def start(image: ImageLike, *, accel: str | Accel = "auto", cold: bool = False,
     saved state is then restored at once, which proves it). `cold=True`: a plain cold boot,
     no state read or written. `cold_image()`, if given, returns the image fully verified,
     for a cold boot when `image` was checked by size only. The caller kills the VM."""
+    sshmod.prefetch()   # paramiko's import overlaps QEMU's start and the state load
     arch = get_arch(image.arch)
     qemu = require_qemu(arch)
     acc = accel if isinstance(accel, Accel) else resolve_accel(accel, arch,
