@@ -133,6 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             root = overlay.root
         elif args.overlay is not None:
             raise UserError("kbox run: --overlay applies with --root IMAGE (an ext2/3/4 image) only", 2)
+        elif args.root_writable and not os.path.exists(root):
+            raise UserError(f"kbox run: --root {args.root}: does not exist", 2)
         elif args.root_writable:
             raise UserError(f"kbox run: --root-writable: {args.root} is a directory, which the program "
                             "writes already; --root-writable is for ext2/3/4 images", 2)

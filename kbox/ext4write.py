@@ -5,7 +5,8 @@ temporary overlay, the directory view serving it in every tier), with three thin
 
 - **One writer.**  Before anything is read, kbox takes an exclusive flock(2) on IMAGE.kbox-lock
   beside the image (and writes its pid there) and one on the image file itself, and holds
-  them until the commit is over.  A second `--root-writable` run of the same image is
+  them until the commit is over; the lock file is removed as the run ends (a kill -9 leaves
+  it, unlocked: the next run takes it).  A second `--root-writable` run of the same image is
   refused with one line naming the holder's pid.  The lock file, not the image, is the one
   that counts: the commit replaces the image file (below), so a lock on the image's inode
   would not be seen by a run that opens the new one.
@@ -82,6 +83,14 @@ UNWRITABLE = {
 
 # ---- one writer -------------------------------------------------------------------------------
 
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @dataclass
 class WriterLock:
     image: str          # the image's real path (a symlink to it stays one)
@@ -93,6 +102,14 @@ class WriterLock:
         return self.image + COMMIT_SUFFIX
 
     def release(self) -> None:
+        """The lock file removed, then both locks dropped.  Unlinked while still held: a run
+        that opened the old name meanwhile sees, once it has the flock, that the name is no
+        longer its file, and starts again (acquire()), so no two runs ever hold the lock."""
+        try:
+            if _same_file(self.lock_fd, self.image + LOCK_SUFFIX):
+                os.unlink(self.image + LOCK_SUFFIX)
+        except OSError:
+            pass
         for fd in (self.image_fd, self.lock_fd):
             try:
                 os.close(fd)
@@ -164,22 +181,26 @@ def acquire(image: str) -> WriterLock:
         os.close(image_fd)
         raise UserError(f"{who}: its directory {where} is not writable (kbox writes the new image beside "
                         "the old one and renames it over)", EXIT_USAGE)
-    try:
-        lock_fd = os.open(real + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        os.close(image_fd)
-        raise UserError(f"{who}: cannot make the lock file {real + LOCK_SUFFIX} ({exc.strerror})",
-                        EXIT_USAGE) from exc
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(lock_fd)
-        os.close(image_fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise UserError(f"{who}: cannot lock {real + LOCK_SUFFIX} ({exc.strerror})", EXIT_USAGE) from exc
-        raise UserError(f"{who}: another kbox (pid {holder}) is writing it; one writer at a time",
-                        EXIT_USAGE) from exc
+    while True:
+        try:
+            lock_fd = os.open(real + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            os.close(image_fd)
+            raise UserError(f"{who}: cannot make the lock file {real + LOCK_SUFFIX} ({exc.strerror})",
+                            EXIT_USAGE) from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(lock_fd)
+            os.close(image_fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise UserError(f"{who}: cannot lock {real + LOCK_SUFFIX} ({exc.strerror})", EXIT_USAGE) from exc
+            raise UserError(f"{who}: another kbox (pid {holder}) is writing it; one writer at a time",
+                            EXIT_USAGE) from exc
+        if _same_file(lock_fd, real + LOCK_SUFFIX):
+            break
+        os.close(lock_fd)   # the holder removed it as we opened it (WriterLock.release): again
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
     lock = WriterLock(real, lock_fd, image_fd)
