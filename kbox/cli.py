@@ -67,8 +67,8 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="run against the root filesystem DIR: the program's paths name files "
                         "inside DIR (/proc, /dev and /sys stay the host's); no privileges needed; "
                         "every tier (docs/tiers.md says where each one stops). An ext2/3/4 image "
-                        "(found by its superblock, whatever its name) is read with libext2fs, never "
-                        "modified: its tree is materialized into an overlay directory that the "
+                        "(found by its superblock, whatever its name) is read with libext2fs, not "
+                        "modified (unless --root-writable): its tree is materialized into an overlay directory that the "
                         "program sees and writes, and stat shows the image's owners and modes")
     p.add_argument("--overlay", metavar="DIR", default=None,
                    help="with --root IMAGE: keep the image's materialized tree, with the program's "

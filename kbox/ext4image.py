@@ -839,8 +839,9 @@ def add_image_command(subparsers) -> None:  # type: ignore[no-untyped-def]
     p = subparsers.add_parser(
         "image", help="make and inspect ext4 images for `kbox run --root IMAGE`",
         description="ext2/3/4 images as roots.  `kbox run --root IMAGE` reads the image with "
-        "libext2fs (read-only: the image is never modified), materializes its tree into an overlay "
-        "directory (--overlay DIR, or a temporary one) and serves that in every tier; stat shows "
+        "libext2fs (read-only: the image is never modified, unless --root-writable writes the "
+        "run's changes into it at the end), materializes its tree into an overlay directory "
+        "(--overlay DIR, or a temporary one) and serves that in every tier; stat shows "
         "the image's owners, modes, set-id bits and device numbers whoever runs it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
