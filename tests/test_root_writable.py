@@ -460,11 +460,9 @@ def test_an_image_with_a_feature_kbox_does_not_write_is_refused(WORK, feature, w
 
 
 def test_an_image_needing_e2fsck_is_refused(IMG):
-    data = bytearray(IMG.read_bytes()[:4096])
-    state = 1024 + 0x3A
+    state = 1024 + 0x3A   # s_state in the superblock
     with open(IMG, "r+b") as f:
         f.seek(state)
         f.write((0).to_bytes(2, "little"))   # "not clean", as a crash of the kernel's driver leaves it
-    del data
     refused(writable(IMG, "true"), "not clean", "e2fsck")
     assert os.listdir(IMG.parent) == ["root.ext4"]
