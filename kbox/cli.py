@@ -68,8 +68,8 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    help="run against the root filesystem DIR: the program's paths name files "
                         "inside DIR (/proc, /dev and /sys stay the host's); no privileges needed; "
                         "every tier (docs/tiers.md says where each one stops). An ext2/3/4 image "
-                        "(found by its superblock, whatever its name) is read with libext2fs, never "
-                        "modified: its tree is materialized into an overlay directory that the "
+                        "(found by its superblock, whatever its name) is read with libext2fs, not "
+                        "modified (unless --root-writable): its tree is materialized into an overlay directory that the "
                         "program sees and writes, and stat shows the image's owners and modes")
     p.add_argument("--overlay", metavar="DIR", default=None,
                    help="with --root IMAGE: keep the image's materialized tree, with the program's "
@@ -77,6 +77,11 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                         "(made on first use; one made from another image is refused). Default: a "
                         "temporary directory, removed at exit unless the program changed something "
                         "in it (then kept, and its path printed)")
+    p.add_argument("--root-writable", action="store_true",
+                   help="with --root IMAGE: write the program's changes into the image itself, when "
+                        "the program ends (one writer: a second --root-writable run of the image is "
+                        "refused while this one runs; a kill at any moment leaves the old image or "
+                        "the new one, never a half-written one; docs/tiers.md says where it stops)")
     p.add_argument("--workdir", metavar="DIR", default=None,
                    help="with --root: the working directory inside the root (default /)")
     p.add_argument("--bind", action="append", default=[], metavar="HOST[:GUEST]",
@@ -108,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("kbox run: missing program (usage: kbox run [options] -- PROG [ARGS...])", 2)
     view = None
     overlay = None
+    writer = None
     if args.root is not None:
         from kbox import ext4image
         from kbox.rootview import RootView
@@ -117,50 +123,79 @@ def cmd_run(args: argparse.Namespace) -> int:
             if isinstance(args.root_id, str):
                 raise UserError("kbox run: --root-id=FILE: with an image root the record is the overlay's "
                                 "own; give --root-id alone", 2)
-            overlay = ext4image.prepare_overlay(root, args.overlay)
+            if args.root_writable:
+                from kbox import ext4write
+                if args.overlay is not None:
+                    raise UserError("kbox run: --root-writable and --overlay: a writable run's overlay is "
+                                    "its own (temporary; its changes go into the image at the end)", 2)
+                writer, overlay = ext4write.start(root)
+            else:
+                overlay = ext4image.prepare_overlay(root, args.overlay)
             root = overlay.root
         elif args.overlay is not None:
             raise UserError("kbox run: --overlay applies with --root IMAGE (an ext2/3/4 image) only", 2)
+        elif args.root_writable and not os.path.exists(root):
+            raise UserError(f"kbox run: --root {args.root}: does not exist", 2)
+        elif args.root_writable:
+            raise UserError(f"kbox run: --root-writable: {args.root} is a directory, which the program "
+                            "writes already; --root-writable is for ext2/3/4 images", 2)
         try:
             view = RootView(root, args.workdir or "/", binds=args.bind, host_binds=args.host_binds,
                             display=args.root if overlay else None)
             path, host = view.find_program(command[0])
             info = elfinfo.inspect(host, display=command[0])
         except BaseException:
-            if overlay is not None and overlay.temporary:
+            if writer is not None:
+                import shutil
+                shutil.rmtree(overlay.dir, ignore_errors=True)
+                writer.release()
+            elif overlay is not None and overlay.temporary:
                 ext4image.finish_overlay(overlay)
             raise
     elif (args.workdir is not None or args.bind or args.host_binds or args.root_id is not None
-          or args.overlay is not None):
+          or args.overlay is not None or args.root_writable):
         opt = ("--workdir" if args.workdir is not None else "--bind" if args.bind else
-               "--host-binds" if args.host_binds else "--root-id" if args.root_id is not None else "--overlay")
+               "--host-binds" if args.host_binds else "--root-id" if args.root_id is not None else
+               "--overlay" if args.overlay is not None else "--root-writable")
         raise UserError(f"kbox run: {opt} applies with --root only", 2)
     else:
         path = elfinfo.resolve_program(command[0])
         info = elfinfo.inspect(path, display=command[0])  # one-line errors, shell exit codes
-    mode = args.syscall_mode
-    if mode == AUTO:
-        mode = runner.auto_mode(path, info=info).mode
-    if mode == SECCOMP and args.virtual_pid:
-        raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
-                        "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)
-    if args.trap_backend and mode not in IN_PROCESS:
-        raise UserError("kbox run: --trap-backend applies to the in-process tiers (trap, rewrite) only", 2)
-    argv = runner.launch_argv(
-        path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
-        trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
-        stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
-        argv0=command[0],
-        extra=view.launcher_options(
-            root_id=(overlay.record if overlay and args.root_id is not None else args.root_id),
-            root_record=overlay.record if overlay else None) if view else (),
-    )
+    try:
+        mode = args.syscall_mode
+        if mode == AUTO:
+            mode = runner.auto_mode(path, info=info).mode
+        if mode == SECCOMP and args.virtual_pid:
+            raise UserError("kbox run: --virtual-pid needs an in-process tier (--syscall-mode=trap): "
+                            "the seccomp tier cannot rewrite the results of fork, clone or wait4", 2)
+        if args.trap_backend and mode not in IN_PROCESS:
+            raise UserError("kbox run: --trap-backend applies to the in-process tiers (trap, rewrite) only", 2)
+        argv = runner.launch_argv(
+            path, command[1:], mode=mode, trace=args.trace, trace_format=args.trace_format,
+            trace_output=args.trace_output, deny=args.deny, virtual_pid=args.virtual_pid,
+            stats=args.stats, trap_backend=args.trap_backend, allow_wx=args.allow_wx,
+            argv0=command[0],
+            extra=view.launcher_options(
+                root_id=(overlay.record if overlay and args.root_id is not None else args.root_id),
+                root_record=overlay.record if overlay else None) if view else (),
+        )
+    except BaseException:
+        if writer is not None:   # a refused option: the image is untouched, the overlay goes
+            import shutil
+            shutil.rmtree(overlay.dir, ignore_errors=True)
+            writer.release()
+        raise
     sys.stdout.flush()
     sys.stderr.flush()
     # Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec, and the program must
     # start with them at their defaults, as a shell would start it (`yes | head` ends quietly).
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
+    if writer is not None:
+        from kbox import ext4image, ext4write
+        fake_root = args.root_id is not None
+        return ext4image.run_with_temporary_overlay(
+            argv, overlay, finish=lambda status: ext4write.finish(writer, overlay, fake_root, args.root, status))
     if overlay is not None and overlay.temporary:
         from kbox import ext4image
         return ext4image.run_with_temporary_overlay(argv, overlay)

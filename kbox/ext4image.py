@@ -478,15 +478,21 @@ def _record_line(st: os.stat_result, mode: int, uid: int, gid: int, nlink: int, 
     return f"dev={st.st_dev:x},ino={st.st_ino},mode={mode:o},uid={uid},gid={gid},nlink={nlink},rdev={rdev}\n"
 
 
-def materialize(image: str, dest: str, record: str, progress: bool = True) -> int:
+def materialize(image: str, dest: str, record: str, progress: bool = True, inodes: str | None = None) -> int:
     """Materializes the image's tree at dest (which must not exist) and writes its record.
     Returns the number of files left out (each with a warning on stderr).  Raises
-    Ext2Error when the image cannot be opened or its root directory read."""
+    Ext2Error when the image cannot be opened or its root directory read.  inodes: a file
+    to write, one JSON line [image inode, image mode, guest path] per name made, and last
+    {"skipped": N} (what --root-writable's commit starts from, kbox/ext4write.py)."""
     fs = Ext2FS(image)
+    made: list[str] = []
+    keep = (lambda ino, mode, guest: made.append(json.dumps([ino, mode, guest]) + "\n")) if inodes else \
+        (lambda ino, mode, guest: None)
     prog = Progress(image, progress)
     skipped = 0
     lines: list[str] = []
     links: dict[int, str] = {}          # inode -> the first host path made for it
+    links_mode: dict[int, int] = {}
     dir_modes: list[tuple[str, ExtInode]] = []
     seen_dirs: set[int] = set()
 
@@ -521,6 +527,7 @@ def materialize(image: str, dest: str, record: str, progress: bool = True) -> in
                 warn(dguest, exc)
                 continue
             note(dhost, dind, dind.i_mode)
+            keep(dino, dind.i_mode, dguest)
             dir_modes.append((dhost, dind))
             for name, ino in sorted(entries):
                 if b"/" in name or not name:
@@ -531,6 +538,7 @@ def materialize(image: str, dest: str, record: str, progress: bool = True) -> in
                 try:
                     if ino in links:   # a hard link of a file made already
                         os.link(links[ino], host)
+                        keep(ino, links_mode[ino], guest)
                         prog.step(files=1)
                         continue
                     ind = fs.inode(ino, guest)
@@ -564,6 +572,8 @@ def materialize(image: str, dest: str, record: str, progress: bool = True) -> in
                     note(host, ind, ind.i_mode, rdev)
                     if fmt != stat.S_IFLNK and ind.i_links_count > 1:
                         links[ino] = host
+                        links_mode[ino] = ind.i_mode
+                    keep(ino, ind.i_mode, guest)
                     os.utime(host, (ind.i_atime, ind.i_mtime), follow_symlinks=False)
                     prog.step(files=1)
                 except Ext2Error as exc:
@@ -581,6 +591,10 @@ def materialize(image: str, dest: str, record: str, progress: bool = True) -> in
     with open(tmp, "w") as f:
         f.writelines(lines)
     os.replace(tmp, record)
+    if inodes:
+        with open(inodes, "w") as f:
+            f.writelines(made)
+            f.write(json.dumps({"skipped": skipped}) + "\n")
     prog.done()
     return skipped
 
@@ -595,7 +609,8 @@ def _remove(path: str) -> None:
         pass
 
 
-def materialize_in_child(image: str, dest: str, record: str, progress: bool = True) -> None:
+def materialize_in_child(image: str, dest: str, record: str, progress: bool = True,
+                         inodes: str | None = None) -> None:
     """materialize() in a child process: whatever a corrupted image does to libext2fs (a
     crash included), kbox reports one line.  UserError(exit 2) on failure."""
     sys.stdout.flush()
@@ -605,7 +620,7 @@ def materialize_in_child(image: str, dest: str, record: str, progress: bool = Tr
         code = 0
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            materialize(image, dest, record, progress)
+            materialize(image, dest, record, progress, inodes)
         except Ext2Error as exc:
             sys.stderr.write(f"kbox: {image}: {exc.what} ({exc.where})\n")
             code = EXIT_USAGE
@@ -647,6 +662,7 @@ def materialize_in_child(image: str, dest: str, record: str, progress: bool = Tr
 STAMP = "kbox-image"
 RECORD = "kbox-ids"
 ROOT = "root"
+INODES = "kbox-inodes"
 
 
 def identity(image: str) -> dict:
@@ -692,9 +708,10 @@ class Overlay:
         return False
 
 
-def prepare_overlay(image: str, overlay: str | None, progress: bool = True) -> Overlay:
+def prepare_overlay(image: str, overlay: str | None, progress: bool = True, inodes: bool = False) -> Overlay:
     """The overlay for a run of `image`: `overlay` reused when its stamp names this image
-    (made there when it is missing or empty), or a new temporary one."""
+    (made there when it is missing or empty), or a new temporary one.  inodes: write
+    INODES beside the tree (which image inode each name was made from)."""
     ident = identity(image)
     if overlay is None:
         o = Overlay(tempfile.mkdtemp(prefix="kbox-overlay-"), True)
@@ -719,12 +736,12 @@ def prepare_overlay(image: str, overlay: str | None, progress: bool = True) -> O
                             "(no stamp: an interrupted first run?); remove it or give another", EXIT_USAGE)
         os.makedirs(o.dir, exist_ok=True)
     try:
-        materialize_in_child(image, o.root, o.record, progress)
+        materialize_in_child(image, o.root, o.record, progress, os.path.join(o.dir, INODES) if inodes else None)
     except BaseException:
         if o.temporary:
             shutil.rmtree(o.dir, ignore_errors=True)
         else:
-            for n in (ROOT, RECORD):
+            for n in (ROOT, RECORD, INODES):
                 _remove(os.path.join(o.dir, n))
         raise
     # The stamp's ctime is the line between kbox's writes and the program's: the coarse
@@ -739,13 +756,15 @@ def prepare_overlay(image: str, overlay: str | None, progress: bool = True) -> O
     return o
 
 
-def run_with_temporary_overlay(argv: list[str], overlay: Overlay) -> int:
+def run_with_temporary_overlay(argv: list[str], overlay: Overlay, finish=None) -> int:  # type: ignore[no-untyped-def]
     """Runs the launcher as a child (kbox run otherwise execs it) so that the temporary
     overlay can be handled at the end.  SIGINT, SIGTERM and SIGHUP sent to this process with
     kill(2) are forwarded to the launcher; the terminal's own (Ctrl-C: sent by the kernel to
     the whole foreground process group, which the launcher is in) are not, so the program
     gets each signal once.  The launcher's exit status is returned unchanged; if a signal
-    killed the launcher itself, this process dies of the same signal after the cleanup."""
+    killed the launcher itself, this process dies of the same signal after the cleanup.
+    finish(status): what is done at the end instead of finish_overlay (--root-writable's
+    commit); a number it returns replaces the exit status."""
     sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     status = None
@@ -772,8 +791,10 @@ def run_with_temporary_overlay(argv: list[str], overlay: Overlay) -> int:
     finally:
         if status is None:
             status = 0
-        finish_overlay(overlay)
+        override = finish(status) if finish else finish_overlay(overlay)
     signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if override is not None:
+        return override
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         signal.signal(sig, signal.SIG_DFL)
@@ -818,8 +839,9 @@ def add_image_command(subparsers) -> None:  # type: ignore[no-untyped-def]
     p = subparsers.add_parser(
         "image", help="make and inspect ext4 images for `kbox run --root IMAGE`",
         description="ext2/3/4 images as roots.  `kbox run --root IMAGE` reads the image with "
-        "libext2fs (read-only: the image is never modified), materializes its tree into an overlay "
-        "directory (--overlay DIR, or a temporary one) and serves that in every tier; stat shows "
+        "libext2fs (read-only: the image is never modified, unless --root-writable writes the "
+        "run's changes into it at the end), materializes its tree into an overlay directory "
+        "(--overlay DIR, or a temporary one) and serves that in every tier; stat shows "
         "the image's owners, modes, set-id bits and device numbers whoever runs it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
