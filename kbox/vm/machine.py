@@ -35,7 +35,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import BinaryIO, Protocol
 
-
 from kbox.errors import UserError
 from kbox.vm import ssh as sshmod
 from kbox.vm.ssh import paramiko

@@ -53,7 +53,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from kbox.vm import cache, timing
 from kbox.vm import ssh as sshmod
 from kbox.vm.ssh import paramiko
