@@ -609,44 +609,67 @@ def _remove(path: str) -> None:
         pass
 
 
-def materialize_in_child(image: str, dest: str, record: str, progress: bool = True,
-                         inodes: str | None = None) -> None:
-    """materialize() in a child process: whatever a corrupted image does to libext2fs (a
-    crash included), kbox reports one line.  UserError(exit 2) on failure."""
+def run_in_child(work, on_error) -> int:
+    """Run work() in a forked child and return the child's wait status.
+
+    libext2fs is C reading untrusted images: a crash there must cost one line, not kbox.  The
+    child returns its exit code from work(); an exception becomes the line and code that
+    on_error(exc) gives ("" prints nothing).  The child never unwinds into the caller's code
+    and leaves with os._exit, so no handle libext2fs holds is closed (closing a filesystem
+    opened for writing would write its superblock).  Ctrl-C while waiting kills the child,
+    so none is left behind, and is raised again."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        code = 0
+        code = 125
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            materialize(image, dest, record, progress, inodes)
-        except Ext2Error as exc:
-            sys.stderr.write(f"kbox: {image}: {exc.what} ({exc.where})\n")
-            code = EXIT_USAGE
-        except UserError as exc:
-            sys.stderr.write(f"{exc}\n")
-            code = exc.exit_code
-        except OSError as exc:
-            sys.stderr.write(f"kbox: {image}: {exc.strerror or exc} (materializing into {dest})\n")
-            code = EXIT_USAGE
+            code = work()
         except BaseException as exc:  # noqa: BLE001 - the child must not unwind into the caller's code
-            sys.stderr.write(f"kbox: {image}: {type(exc).__name__}: {exc} (materializing)\n")
-            code = EXIT_USAGE
+            try:
+                line, code = on_error(exc)
+                if line:
+                    sys.stderr.write(line + "\n")
+            except BaseException:  # noqa: BLE001
+                code = 125
         finally:
-            sys.stderr.flush()
-            os._exit(code)
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
     try:
         _, status = os.waitpid(pid, 0)
     except BaseException:
-        # Ctrl-C: the signal may be handled after waitpid reaped the child (Python runs
-        # handlers when the call returns), so the child may be gone already.
+        # The signal may be handled after waitpid reaped the child (Python runs handlers when
+        # the call returns), so the child may be gone already.
         try:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
         raise
+    return status
+
+
+def materialize_in_child(image: str, dest: str, record: str, progress: bool = True,
+                         inodes: str | None = None) -> None:
+    """materialize() in a child process: whatever a corrupted image does to libext2fs (a
+    crash included), kbox reports one line.  UserError(exit 2) on failure."""
+    def failed(exc: BaseException) -> tuple[str, int]:
+        if isinstance(exc, Ext2Error):
+            return f"kbox: {image}: {exc.what} ({exc.where})", EXIT_USAGE
+        if isinstance(exc, UserError):
+            return str(exc), exc.exit_code
+        if isinstance(exc, OSError):
+            return f"kbox: {image}: {exc.strerror or exc} (materializing into {dest})", EXIT_USAGE
+        return f"kbox: {image}: {type(exc).__name__}: {exc} (materializing)", EXIT_USAGE
+
+    def work() -> int:
+        materialize(image, dest, record, progress, inodes)  # what it skipped is in `inodes`
+        return 0
+
+    status = run_in_child(work, failed)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGINT:

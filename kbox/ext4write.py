@@ -140,29 +140,21 @@ def check_writable(image: str) -> None:
                         "run e2fsck -f on it first", EXIT_USAGE)
     # What libext2fs itself refuses to open read-write (features newer than it): asked in a
     # child that never closes the filesystem, so nothing is written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            lib, com = ext4image._load_libs()
-            fs = ctypes.c_void_p()
-            manager = ctypes.c_void_p.in_dll(lib, "unix_io_manager")
-            err = lib.ext2fs_open(os.fsencode(image), EXT2_FLAG_RW | EXT2_FLAG_64BITS, 0, 0, manager,
-                                  ctypes.byref(fs))
-            if err:
-                m = com.error_message(err)
-                sys.stderr.write(f"{who}: libext2fs will not open it for writing: "
-                                 f"{m.decode('utf-8', 'replace') if m else err}\n")
-                code = EXIT_USAGE
-        except BaseException as exc:  # noqa: BLE001 - the child must not unwind into the caller
-            sys.stderr.write(f"{who}: {exc}\n")
-            code = EXIT_USAGE
-        finally:
-            sys.stderr.flush()
-            os._exit(code)  # never ext2fs_close: it would write the superblock
-    _, status = os.waitpid(pid, 0)
+    def try_open() -> int:
+        lib, com = ext4image._load_libs()
+        fs = ctypes.c_void_p()
+        manager = ctypes.c_void_p.in_dll(lib, "unix_io_manager")
+        err = lib.ext2fs_open(os.fsencode(image), EXT2_FLAG_RW | EXT2_FLAG_64BITS, 0, 0, manager, ctypes.byref(fs))
+        if err:
+            m = com.error_message(err)
+            sys.stderr.write(f"{who}: libext2fs will not open it for writing: "
+                             f"{m.decode('utf-8', 'replace') if m else err}\n")
+            return EXIT_USAGE
+        return 0
+
+    status = ext4image.run_in_child(try_open, lambda exc: (f"{who}: {exc}", EXIT_USAGE))
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
+        raise KeyboardInterrupt
     if not os.WIFEXITED(status) or os.WEXITSTATUS(status):
         raise UserError("" if os.WIFEXITED(status) else f"{who}: libext2fs crashed opening it", EXIT_USAGE)
 
@@ -680,39 +672,30 @@ def commit_in_child(lock: WriterLock, overlay: Overlay, fake_root: bool, image_n
     """commit() in a child process (libext2fs crashing on a damaged image is one line, not a
     crash of kbox); the child shares the locks' open files, so they are held until it ends.
     True when the image holds the changes; else one line was printed."""
-    sys.stdout.flush()
-    sys.stderr.flush()
     t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            s = commit(lock, overlay, fake_root)
-            if os.environ.get("KBOX_COMMIT_REPORT"):   # the tests' and benchmarks' figures
-                sys.stderr.write(f"kbox: committed {image_name}: {s.added} added, {s.removed} removed, "
-                                 f"{s.updated} updated, {s.bytes / 1e6:.1f} MB written in "
-                                 f"{time.monotonic() - t0:.2f} s\n")
-        except Ext2Error as exc:
-            sys.stderr.write(f"kbox: {image_name}: the changes were not written: {exc.what} ({exc.where}); "
-                             f"the image is unchanged; the changed tree is kept in {overlay.root}\n")
-            code = 1
-        except OSError as exc:
-            sys.stderr.write(f"kbox: {image_name}: the changes were not written: {exc.strerror or exc} "
-                             f"({exc.filename or 'committing'}); the image is unchanged; the changed tree "
-                             f"is kept in {overlay.root}\n")
-            code = 1
-        except BaseException as exc:  # noqa: BLE001 - the child must not unwind into the caller
-            sys.stderr.write(f"kbox: {image_name}: the changes were not written: {type(exc).__name__}: {exc}; "
-                             f"the image is unchanged; the changed tree is kept in {overlay.root}\n")
-            code = 1
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    kept = f"the image is unchanged; the changed tree is kept in {overlay.root}"
+
+    def work() -> int:
+        s = commit(lock, overlay, fake_root)
+        if os.environ.get("KBOX_COMMIT_REPORT"):   # the tests' and benchmarks' figures
+            sys.stderr.write(f"kbox: committed {image_name}: {s.added} added, {s.removed} removed, "
+                             f"{s.updated} updated, {s.bytes / 1e6:.1f} MB written in "
+                             f"{time.monotonic() - t0:.2f} s\n")
+        return 0
+
+    def failed(exc: BaseException) -> tuple[str, int]:
+        if isinstance(exc, Ext2Error):
+            why = f"{exc.what} ({exc.where})"
+        elif isinstance(exc, OSError):
+            why = f"{exc.strerror or exc} ({exc.filename or 'committing'})"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        return f"kbox: {image_name}: the changes were not written: {why}; {kept}", 1
+
+    status = ext4image.run_in_child(work, failed)
     if os.WIFSIGNALED(status):
         sys.stderr.write(f"kbox: {image_name}: the commit was killed ({signal.Signals(os.WTERMSIG(status)).name}); "
-                         f"the image is unchanged; the changed tree is kept in {overlay.root}\n")
+                         f"{kept}\n")
         return False
     return os.WEXITSTATUS(status) == 0
 
