@@ -206,8 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 # Who registers each top-level command: (module, function). `kbox vm run` imports only
 # kbox.vm.cli, not pyelftools and capstone (kbox analyze, 0.11 s) or the others: a warm VM
 # start is about a second, and building every parser was a tenth of it.
-# Subcommand -> (module, function adding its parser).  One function may add several commands
-# (add_vm_commands adds `vm` and `doctor`): make_parser calls each function once.
+# One function may add several commands (add_vm_commands adds `vm` and `doctor`):
+# make_parser calls each function once.
 _REGISTRARS = {
     "analyze": ("kbox.analyze", "add_analyze_command"),
     "bench": ("kbox.bench", "add_bench_command"),
